@@ -1,0 +1,34 @@
+"""User-facing errors: the CLI prints their message and exits with code 2, never a traceback."""
+
+
+class HarnessError(Exception):
+    """Base class of every error caused by the user's input (models, images, options)."""
+
+
+class ModelLoadError(HarnessError):
+    """The file is missing, unreadable, or not a valid ONNX model."""
+
+
+class ModelSignatureError(HarnessError):
+    """The model has no usable image input or no unambiguous logits output."""
+
+
+class UnsupportedOpsError(HarnessError):
+    """The gradient pass lacks rules for some ops on the path from the image to the output.
+
+    ``unsupported`` maps each op type to the names of the nodes that use it.
+    """
+
+    def __init__(self, unsupported: dict[str, list[str]], details: dict[str, str] | None = None):
+        self.unsupported = unsupported
+        self.details = details or {}
+        parts = []
+        for op_type in sorted(unsupported):
+            nodes = unsupported[op_type]
+            shown = ", ".join(repr(n) for n in nodes[:8]) + (f" and {len(nodes) - 8} more" if len(nodes) > 8 else "")
+            reason = f" ({self.details[op_type]})" if op_type in self.details else ""
+            parts.append(f"{op_type}{reason} at {shown}")
+        super().__init__(
+            f"cannot build the input gradient: {len(unsupported)} op type(s) on the path from the image to the "
+            "output have no gradient rule: " + "; ".join(parts) + "."
+        )

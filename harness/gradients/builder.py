@@ -1,0 +1,274 @@
+"""Reverse-mode differentiation of ONNX graphs: append the input-gradient graph to an image classifier.
+
+The pass works on standard ``ai.onnx`` ops only and emits standard ops only, so the result runs on stock
+ONNX Runtime (any execution provider). Steps: shape inference; activity analysis (a tensor is differentiated
+only when it depends on the image *and* the output depends on it, so shape arithmetic is left alone); one
+VJP rule per node in reverse topological order; gradients summed where a tensor fans out.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from harness.errors import ModelSignatureError, UnsupportedOpsError
+from harness.gradients.context import (
+    GraphEmitter,
+    TensorInfo,
+    UnsupportedConfiguration,
+    VJPContext,
+    tensor_info_from_value_info,
+)
+from harness.gradients.registry import NON_DIFFERENTIABLE, VJP_RULES, _load_rules
+
+GRAD_SEED = "grad_seed"
+INPUT_GRAD = "input_grad"
+MIN_OPSET = 13
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: Iterable[str] = (),
+                       input: str | None = None) -> onnx.ModelProto:
+    """Return a copy of ``model`` that also computes the gradient of ``sum(grad_seed * output)``.
+
+    The copy keeps every original input and output and adds the input ``grad_seed`` (shaped like the output,
+    ``[N, K]`` for a classifier) and the output ``input_grad`` (shaped like the image input). Each name in
+    ``taps`` is exposed as an output ``<name>`` with its gradient ``<name>_grad``. The batch dimension stays
+    dynamic. Raises ``UnsupportedOpsError`` naming every op without a rule before anything else is built.
+    """
+    _load_rules()
+    model = _prepared_copy(model)
+    graph = model.graph
+    opset = _default_opset(model)
+    infos, constants = _tensor_facts(model)
+    image = _image_input(graph, infos, input)
+    target = _target_output(graph, infos, output)
+    if infos[target].dims is None:
+        raise ModelSignatureError(f"the shape of output {target!r} is unknown, so grad_seed cannot be declared")
+    taps = list(dict.fromkeys(taps))
+    for tap in taps:
+        if tap not in infos:
+            raise ModelSignatureError(f"tap {tap!r} is not a tensor of this model")
+
+    active = _forward_active(graph, {image, *taps}, infos)
+    relevant = _backward_relevant(graph, {target, *taps})
+    to_differentiate = [node for node in graph.node if any(o in active and o in relevant for o in node.output)]
+    _check_supported(to_differentiate)
+
+    taken = _all_names(graph)
+    emitter = GraphEmitter(taken, opset, infos, constants)
+    backward = _Backward(emitter, active, relevant)
+    backward.seed(target, GRAD_SEED)
+    backward.run(reversed(to_differentiate))
+
+    outputs = [(INPUT_GRAD, backward.final_grad(image), image)]
+    existing_outputs = {o.name for o in graph.output}
+    for tap in taps:
+        if tap not in existing_outputs:
+            graph.output.append(_value_info(tap, infos[tap]))
+        outputs.append((f"{tap}_grad", backward.final_grad(tap), tap))
+
+    graph.node.extend(emitter.nodes)
+    graph.initializer.extend(emitter.initializers)
+    graph.input.append(_value_info(GRAD_SEED, infos[target]))
+    for name, grad, like in outputs:
+        graph.node.append(helper.make_node("Identity", [grad], [name], name=emitter.fresh(f"out_{name}")))
+        graph.output.append(_value_info(name, infos[like]))
+    if target not in existing_outputs:
+        graph.output.append(_value_info(target, infos[target]))
+    graph.ClearField("value_info")
+    onnx.checker.check_model(model)
+    return model
+
+
+class _Backward:
+    """Accumulates gradient contributions per tensor and runs the VJP rules."""
+
+    def __init__(self, emitter: GraphEmitter, active: set[str], relevant: set[str]):
+        self.emit = emitter
+        self.active = active
+        self.relevant = relevant
+        self.contributions: dict[str, list[str]] = defaultdict(list)
+        self.finalised: dict[str, str | None] = {}
+
+    def seed(self, tensor: str, grad: str) -> None:
+        self.contributions[tensor].append(grad)
+
+    def grad(self, tensor: str) -> str | None:
+        """The total gradient of ``tensor`` (None when nothing flows into it); sums fan-out contributions."""
+        if tensor not in self.finalised:
+            parts = self.contributions.get(tensor, [])
+            if not parts:
+                total = None
+            elif len(parts) == 1:
+                total = parts[0]
+            else:
+                total = self.emit.op("Sum", *parts)
+            self.finalised[tensor] = total
+        return self.finalised[tensor]
+
+    def final_grad(self, tensor: str) -> str:
+        return self.grad(tensor) or self.emit.zeros_like(tensor)
+
+    def run(self, nodes) -> None:
+        failures: dict[str, list[str]] = defaultdict(list)
+        reasons: dict[str, str] = {}
+        for node in nodes:
+            output_grads = [self.grad(o) if o else None for o in node.output]
+            if all(g is None for g in output_grads):
+                continue
+            active_inputs = [bool(i) and i in self.active for i in node.input]
+            ctx = VJPContext(node, self.emit, output_grads, active_inputs, self._add_forward_output)
+            try:
+                VJP_RULES[node.op_type](ctx)
+            except UnsupportedConfiguration as error:
+                failures[node.op_type].append(node.name or node.output[0])
+                reasons[node.op_type] = str(error)
+                continue
+            for i, grad in ctx.input_grads.items():
+                self.contributions[node.input[i]].append(grad)
+        if failures:
+            raise UnsupportedOpsError(dict(failures), reasons)
+
+    def _add_forward_output(self, node: onnx.NodeProto, index: int) -> str:
+        while len(node.output) <= index:
+            node.output.append("")
+        node.output[index] = self.emit.fresh(f"{node.name or node.op_type}_out{index}")
+        return node.output[index]
+
+
+# -- preparation ------------------------------------------------------------------------------------------
+def _prepared_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    if copy.functions:
+        copy = onnx.inliner.inline_local_functions(copy)
+    if _default_opset(copy) < MIN_OPSET:
+        from onnx import version_converter
+
+        copy = version_converter.convert_version(copy, 17)
+    return copy
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in STANDARD_DOMAINS:
+            return entry.version
+    return 1
+
+
+def _tensor_facts(model: onnx.ModelProto) -> tuple[dict[str, TensorInfo], dict[str, np.ndarray]]:
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # shape inference is a best effort: rules that need a fact say so
+        inferred = model
+    graph = inferred.graph
+    infos = {}
+    for value_info in [*graph.input, *graph.value_info, *graph.output]:
+        infos[value_info.name] = tensor_info_from_value_info(value_info)
+    constants = {}
+    for tensor in model.graph.initializer:
+        constants[tensor.name] = numpy_helper.to_array(tensor)
+        infos[tensor.name] = TensorInfo(tensor.data_type, tuple(tensor.dims))
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
+            value = _constant_node_value(node)
+            if value is not None:
+                constants[node.output[0]] = value
+    return infos, constants
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for attribute in node.attribute:
+        value = helper.get_attribute_value(attribute)
+        if attribute.name == "value":
+            return numpy_helper.to_array(value)
+        if attribute.name in ("value_float", "value_int"):
+            return np.asarray(value)
+        if attribute.name in ("value_floats", "value_ints"):
+            return np.asarray(list(value))
+    return None
+
+
+def _image_input(graph: onnx.GraphProto, infos: dict[str, TensorInfo], requested: str | None) -> str:
+    initializers = {t.name for t in graph.initializer}
+    candidates = [i.name for i in graph.input if i.name not in initializers and infos[i.name].is_float]
+    if requested is not None:
+        if requested not in candidates:
+            raise ModelSignatureError(f"input {requested!r} is not a float input of the model; "
+                                      f"float inputs: {candidates}")
+        return requested
+    if not candidates:
+        raise ModelSignatureError("the model has no float input to take the gradient with respect to")
+    if len(candidates) > 1:
+        raise ModelSignatureError(f"the model has several float inputs {candidates}; name the image input")
+    return candidates[0]
+
+
+def _target_output(graph: onnx.GraphProto, infos: dict[str, TensorInfo], requested: str | None) -> str:
+    outputs = [o.name for o in graph.output]
+    if requested is not None:
+        if requested not in infos:
+            raise ModelSignatureError(f"output {requested!r} is not a tensor of the model; outputs: {outputs}")
+        if not infos[requested].is_float:
+            raise ModelSignatureError(f"output {requested!r} is not a float tensor")
+        return requested
+    float_outputs = [o for o in outputs if infos[o].is_float]
+    if len(float_outputs) == 1:
+        return float_outputs[0]
+    if not float_outputs:
+        raise ModelSignatureError(f"the model has no float output; outputs: {outputs}")
+    raise ModelSignatureError(f"the model has several candidate outputs {float_outputs}; choose one with --output")
+
+
+# -- activity analysis ------------------------------------------------------------------------------------
+def _forward_active(graph: onnx.GraphProto, sources: set[str], infos: dict[str, TensorInfo]) -> set[str]:
+    """Tensors that depend differentiably on a source (float-typed, not through a non-differentiable op)."""
+    active = set(sources)
+    for node in graph.node:
+        if node.op_type in NON_DIFFERENTIABLE and node.domain in STANDARD_DOMAINS:
+            continue
+        if any(i in active for i in node.input if i):
+            for o in node.output:
+                if o and infos.get(o, TensorInfo(0, None)).is_float:
+                    active.add(o)
+    return active
+
+
+def _backward_relevant(graph: onnx.GraphProto, sinks: set[str]) -> set[str]:
+    """Tensors on which a sink depends."""
+    relevant = set(sinks)
+    for node in reversed(graph.node):
+        if any(o in relevant for o in node.output):
+            relevant.update(i for i in node.input if i)
+    return relevant
+
+
+def _check_supported(nodes: list[onnx.NodeProto]) -> None:
+    missing: dict[str, list[str]] = defaultdict(list)
+    for node in nodes:
+        standard = node.domain in STANDARD_DOMAINS
+        if not standard or node.op_type not in VJP_RULES:
+            label = node.op_type if standard else f"{node.domain}::{node.op_type}"
+            missing[label].append(node.name or node.output[0])
+    if missing:
+        raise UnsupportedOpsError(dict(missing))
+
+
+def _all_names(graph: onnx.GraphProto) -> set[str]:
+    names = {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        names.add(node.name)
+    return names
+
+
+def _value_info(name: str, info: TensorInfo) -> onnx.ValueInfoProto:
+    dims = None if info.dims is None else list(info.dims)
+    elem_type = info.elem_type or onnx.TensorProto.FLOAT
+    return helper.make_tensor_value_info(name, elem_type, dims)

@@ -1,0 +1,49 @@
+"""The table of vector-Jacobian product (VJP) rules, one per ONNX op type (domain ``ai.onnx``).
+
+A rule is a function ``rule(ctx: VJPContext) -> None`` that reads the forward node through ``ctx`` and
+contributes the gradients of its differentiable inputs with ``ctx.set_grad(i, name)``. Ops whose outputs
+carry no gradient at all (shape arithmetic, comparisons, random draws) are listed in ``NON_DIFFERENTIABLE``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+VJP_RULES: dict[str, Callable] = {}
+
+NON_DIFFERENTIABLE: frozenset[str] = frozenset(
+    {
+        # shape and plumbing
+        "Shape", "Size", "Constant", "ConstantOfShape", "Range", "NonZero", "EyeLike",
+        # comparisons, logic, indices
+        "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor",
+        "IsNaN", "IsInf", "ArgMax", "ArgMin",
+        # piecewise-constant functions: zero gradient almost everywhere
+        "Sign", "Floor", "Ceil", "Round",
+        # random draws
+        "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial",
+    }
+)
+
+
+def vjp(*op_types: str) -> Callable:
+    """Register ``rule`` as the VJP of each op type named."""
+
+    def register(rule: Callable) -> Callable:
+        for op_type in op_types:
+            if op_type in VJP_RULES:
+                raise ValueError(f"duplicate VJP rule for {op_type}")
+            VJP_RULES[op_type] = rule
+        return rule
+
+    return register
+
+
+def supported_op_types() -> list[str]:
+    """Every op type the pass handles: with a VJP rule or known to carry no gradient."""
+    _load_rules()
+    return sorted(set(VJP_RULES) | NON_DIFFERENTIABLE)
+
+
+def _load_rules() -> None:
+    from harness.gradients import rules  # noqa: F401  (registers every family module)

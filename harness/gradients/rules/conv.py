@@ -1,0 +1,105 @@
+"""Convolutions. The input gradient of Conv is a ConvTranspose with the same weights, and vice versa."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.gradients.context import UnsupportedConfiguration, VJPContext
+from harness.gradients.registry import vjp
+
+
+def spatial_dims(ctx: VJPContext, name: str, what: str) -> list[int]:
+    dims = ctx.dims(name)
+    if dims is None or not all(isinstance(d, int) for d in dims[2:]):
+        raise UnsupportedConfiguration(f"the spatial size of the {what} must be known (got {dims})")
+    return list(dims[2:])
+
+
+def window_geometry(ctx: VJPContext, kernel: list[int], input_size: list[int]):
+    """Strides, dilations and explicit (begin, end) pads of a sliding-window op, resolving ``auto_pad``."""
+    n = len(kernel)
+    strides = list(ctx.attr("strides", [1] * n))
+    dilations = list(ctx.attr("dilations", [1] * n))
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        pads = list(ctx.attr("pads", [0] * (2 * n)))
+        return strides, dilations, pads[:n], pads[n:]
+    if auto_pad == "VALID":
+        return strides, dilations, [0] * n, [0] * n
+    begins, ends = [], []
+    for size, k, s, d in zip(input_size, kernel, strides, dilations):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, large = total // 2, total - total // 2
+        begins.append(small if auto_pad == "SAME_UPPER" else large)
+        ends.append(large if auto_pad == "SAME_UPPER" else small)
+    return strides, dilations, begins, ends
+
+
+def transpose_to_size(ctx: VJPContext, grad: str, weight: str, group: int, kernel, strides, dilations,
+                      pad_begin, output_size, input_size) -> str:
+    """ConvTranspose of ``grad`` (spatial ``output_size``) cropped or extended to exactly ``input_size``.
+
+    ConvTranspose yields ``(Lo - 1) s + d (k - 1) + 1`` positions before cropping; we crop ``pad_begin`` at the
+    start and whatever is beyond ``input_size`` at the end, or extend by ``output_padding`` (< s).
+    """
+    pad_end, output_padding = [], []
+    for lo, k, s, d, pb, size in zip(output_size, kernel, strides, dilations, pad_begin, input_size):
+        end = (lo - 1) * s + d * (k - 1) + 1 - pb - size
+        pad_end.append(max(end, 0))
+        output_padding.append(max(-end, 0))
+    return ctx.op("ConvTranspose", grad, weight, group=group, strides=strides, dilations=dilations,
+                  pads=list(pad_begin) + pad_end,
+                  output_padding=output_padding if any(output_padding) else None)
+
+
+@vjp("Conv")
+def conv(ctx: VJPContext) -> None:
+    ctx.require_inactive(1, 2, why="gradients w.r.t. Conv weights or bias are not supported")
+    x, w, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    input_size = spatial_dims(ctx, x, "Conv input")
+    output_size = spatial_dims(ctx, y, "Conv output")
+    weight_dims = ctx.dims(w)
+    kernel = list(ctx.attr("kernel_shape", weight_dims[2:] if weight_dims else None) or [])
+    if not kernel or not all(isinstance(k, int) for k in kernel):
+        raise UnsupportedConfiguration("the Conv kernel shape must be known")
+    strides, dilations, pad_begin, _ = window_geometry(ctx, kernel, input_size)
+    ctx.set_grad(0, transpose_to_size(ctx, ctx.grad_output(0), w, ctx.attr("group", 1), kernel, strides,
+                                      dilations, pad_begin, output_size, input_size))
+
+
+@vjp("ConvTranspose")
+def conv_transpose(ctx: VJPContext) -> None:
+    """y = ConvTranspose(x): dx = Conv(g) with the same weights, strides, dilations, group and pads."""
+    ctx.require_inactive(1, 2, why="gradients w.r.t. ConvTranspose weights or bias are not supported")
+    x, w = ctx.input(0), ctx.input(1)
+    input_size = spatial_dims(ctx, x, "ConvTranspose input")
+    weight_dims = ctx.dims(w)
+    kernel = list(ctx.attr("kernel_shape", weight_dims[2:] if weight_dims else None) or [])
+    n = len(kernel)
+    strides = list(ctx.attr("strides", [1] * n))
+    dilations = list(ctx.attr("dilations", [1] * n))
+    output_padding = list(ctx.attr("output_padding", [0] * n))
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    output_shape = ctx.attr("output_shape")
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        targets = list(output_shape)[-n:] if output_shape is not None else [s * size for s, size in
+                                                                            zip(strides, input_size)]
+        totals = [s * (size - 1) + op + (k - 1) * d + 1 - t for s, size, op, k, d, t in
+                  zip(strides, input_size, output_padding, kernel, dilations, targets)]
+        upper = auto_pad == "SAME_UPPER"  # with output_shape and NOTSET, the runtime pads the start more
+        begins = [t // 2 if upper else t - t // 2 for t in totals]
+        ends = [t - b for t, b in zip(totals, begins)]
+    elif auto_pad == "VALID":
+        begins, ends = [0] * n, [0] * n
+    else:
+        pads = list(ctx.attr("pads", [0] * (2 * n)))
+        begins, ends = pads[:n], pads[n:]
+    ctx.set_grad(0, ctx.op("Conv", ctx.grad_output(0), w, group=ctx.attr("group", 1), strides=strides,
+                           dilations=dilations, pads=begins + ends, kernel_shape=kernel))
+
+
+def window_counts(size: int, out: int, k: int, s: int, d: int, pad_begin: int) -> np.ndarray:
+    """How many real (non-padding) positions each of the ``out`` windows along one axis covers."""
+    starts = np.arange(out)[:, None] * s - pad_begin + np.arange(k)[None, :] * d
+    return ((starts >= 0) & (starts < size)).sum(axis=1)
