@@ -29,6 +29,8 @@ GRAD_SEED = "grad_seed"
 INPUT_GRAD = "input_grad"
 MIN_OPSET = 13
 STANDARD_DOMAINS = ("", "ai.onnx")
+TARGET_KEY = "harness.gradient_target"   # metadata: the output whose gradient is taken
+INPUT_KEY = "harness.gradient_input"     # metadata: the image input
 
 
 def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: Iterable[str] = (),
@@ -81,6 +83,7 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     if target not in existing_outputs:
         graph.output.append(_value_info(target, infos[target]))
     graph.ClearField("value_info")
+    _record(model, {TARGET_KEY: target, INPUT_KEY: image})
     onnx.checker.check_model(model)
     return model
 
@@ -266,6 +269,14 @@ def _all_names(graph: onnx.GraphProto) -> set[str]:
         names.update(node.output)
         names.add(node.name)
     return names
+
+
+def _record(model: onnx.ModelProto, facts: dict[str, str]) -> None:
+    kept = [p for p in model.metadata_props if p.key not in facts]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in facts.items():
+        model.metadata_props.add(key=key, value=value)
 
 
 def _value_info(name: str, info: TensorInfo) -> onnx.ValueInfoProto:

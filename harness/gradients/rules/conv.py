@@ -63,9 +63,28 @@ def conv(ctx: VJPContext) -> None:
     kernel = list(ctx.attr("kernel_shape", weight_dims[2:] if weight_dims else None) or [])
     if not kernel or not all(isinstance(k, int) for k in kernel):
         raise UnsupportedConfiguration("the Conv kernel shape must be known")
-    strides, dilations, pad_begin, _ = window_geometry(ctx, kernel, input_size)
-    ctx.set_grad(0, transpose_to_size(ctx, ctx.grad_output(0), w, ctx.attr("group", 1), kernel, strides,
+    strides, dilations, pad_begin, pad_end = window_geometry(ctx, kernel, input_size)
+    group = ctx.attr("group", 1)
+    weights = ctx.emit.constant_value(w)
+    adjoint_pads = [d * (k - 1) - p for d, k, p in zip(dilations, kernel, pad_begin)]
+    adjoint_pads += [d * (k - 1) - p for d, k, p in zip(dilations, kernel, pad_end)]
+    if weights is not None and all(s == 1 for s in strides) and min(adjoint_pads) >= 0:
+        # Stride 1: the adjoint is itself a convolution (flipped kernel, in/out channels swapped per group),
+        # which runtimes run much faster than ConvTranspose.
+        flipped = ctx.emit.const(adjoint_kernel(weights, group), ctx.emit.elem_type(w))
+        ctx.set_grad(0, ctx.op("Conv", ctx.grad_output(0), flipped, group=group, dilations=dilations,
+                               pads=adjoint_pads, kernel_shape=kernel))
+        return
+    ctx.set_grad(0, transpose_to_size(ctx, ctx.grad_output(0), w, group, kernel, strides,
                                       dilations, pad_begin, output_size, input_size))
+
+
+def adjoint_kernel(weights: np.ndarray, group: int) -> np.ndarray:
+    """The kernel of the stride-1 adjoint convolution: [M, C/g, k...] -> [C, M/g, k...], spatially flipped."""
+    m, c_per_group, *kernel = weights.shape
+    grouped = weights.reshape(group, m // group, c_per_group, *kernel).swapaxes(1, 2)
+    adjoint = grouped.reshape(group * c_per_group, m // group, *kernel)
+    return np.ascontiguousarray(np.flip(adjoint, axis=tuple(range(2, adjoint.ndim))))
 
 
 @vjp("ConvTranspose")

@@ -150,8 +150,10 @@ def pad(ctx: VJPContext) -> None:
     grad = ctx.op("Slice", ctx.grad_output(0), ctx.emit.ints(np.maximum(begins, 0)),
                   ctx.emit.ints([-e if e > 0 else big for e in ends]), ctx.emit.ints(axes))
     if (begins < 0).any() or (ends < 0).any():
-        grad = ctx.op("Pad", grad, ctx.emit.ints(np.concatenate([np.maximum(-begins, 0), np.maximum(-ends, 0)])),
-                      None, ctx.emit.ints(axes))
+        full = np.zeros(2 * rank, dtype=np.int64)
+        for axis, begin, end in zip(axes, begins, ends):
+            full[axis], full[rank + axis] = max(-begin, 0), max(-end, 0)
+        grad = ctx.op("Pad", grad, ctx.emit.ints(full))
     ctx.set_grad(0, grad)
 
 

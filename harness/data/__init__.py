@@ -1,0 +1,1 @@
+"""Benchmark data: bundled generators and loaders for users' image folders."""

@@ -1,0 +1,58 @@
+"""Reading ONNX models from disk with errors a user can act on, and their content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from harness.errors import ModelLoadError
+
+MAX_IR_VERSION = 10  # the newest IR that every supported onnxruntime release accepts
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Load and validate an ONNX model (external data included); raise ModelLoadError on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model file {path} does not exist")
+    if not path.is_file():
+        raise ModelLoadError(f"model path {path} is not a file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as error:  # protobuf raises several types for corrupt input
+        raise ModelLoadError(f"{path} is not a readable ONNX model ({_short(error)})") from None
+    if not model.graph.node:
+        raise ModelLoadError(f"{path} is not an ONNX model with a graph (no nodes found)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as error:
+        raise ModelLoadError(f"{path} is not a valid ONNX model: {_short(error)}") from None
+    return model
+
+
+def content_hash(model: onnx.ModelProto) -> str:
+    """SHA-256 of the serialised model: the identity of a model in caches and result stores."""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _short(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

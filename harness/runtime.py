@@ -1,0 +1,206 @@
+"""The one owner of ONNX Runtime sessions: provider choice, session options, batching, gradient-model cache.
+
+Every runtime call of the harness goes through ``GradientRuntime``: it builds (or loads from the on-disk
+cache) the input-gradient model of a classifier and runs it in batches of at most ``max_batch`` images, so
+memory stays bounded whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+from harness import __version__
+from harness.errors import HarnessError
+from harness.gradients import GRAD_SEED, INPUT_GRAD, add_input_gradient
+from harness.gradients.builder import INPUT_KEY, TARGET_KEY
+from harness.onnx_io import MAX_IR_VERSION, content_hash, write_atomically
+
+log = logging.getLogger("harness")
+
+DEFAULT_MAX_BATCH = 32
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def cache_dir() -> Path:
+    """Where gradient models are cached: $HARNESS_CACHE_DIR, else the user's cache folder."""
+    root = os.environ.get("HARNESS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "harness")
+    return Path(root) / "gradient-models"
+
+
+def cuda_driver_present() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+_announced: set[str] = set()
+
+
+def choose_providers(requested: str | None = None) -> list[str]:
+    """CUDA when its provider and a driver are present, else CPU; ``requested`` ("cpu"/"cuda") or
+    $HARNESS_PROVIDER overrides the choice."""
+    import onnxruntime as ort
+
+    requested = (requested or os.environ.get("HARNESS_PROVIDER") or "auto").lower()
+    if requested not in ("auto", "cpu", "cuda"):
+        raise HarnessError(f"unknown provider {requested!r}; choose auto, cpu or cuda")
+    cuda_ok = CUDA in ort.get_available_providers() and cuda_driver_present()
+    if requested == "cuda" and not cuda_ok:
+        raise HarnessError("the CUDA provider was requested but no CUDA driver or onnxruntime-gpu is available")
+    return [CUDA, CPU] if cuda_ok and requested != "cpu" else [CPU]
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    input_name: str
+    input_shape: tuple          # as declared; dim 0 is the batch
+    output_name: str
+    num_classes: int | None
+    taps: tuple = ()
+
+
+class GradientRuntime:
+    """Batched logits and input gradients of one classifier under ONNX Runtime.
+
+    ``model`` is a path or a ModelProto; ``output`` names the logits when the model has several outputs;
+    ``taps`` are intermediate tensors returned with their gradients.
+    """
+
+    def __init__(self, model: onnx.ModelProto | str | Path, output: str | None = None, taps: Iterable[str] = (),
+                 max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None, provider: str | None = None,
+                 use_cache: bool = True):
+        import onnxruntime as ort
+
+        from harness.onnx_io import load_model
+
+        if max_batch < 1:
+            raise HarnessError(f"the batch size must be at least 1 (got {max_batch})")
+        source = load_model(model) if isinstance(model, (str, Path)) else model
+        self.max_batch = max_batch
+        self.taps = tuple(dict.fromkeys(taps))
+        grad_model = self._gradient_model(source, output, self.taps, use_cache)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        providers = choose_providers(provider)
+        self.session = ort.InferenceSession(grad_model.SerializeToString(), options, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        if self.provider not in _announced:
+            log.info("onnxruntime %s: running on %s", ort.__version__, self.provider)
+            _announced.add(self.provider)
+        self.signature = self._signature(grad_model)
+        self._forward_outputs = [self.signature.output_name]
+
+    # -- building -------------------------------------------------------------------------------------
+    @staticmethod
+    def _gradient_model(source: onnx.ModelProto, output, taps, use_cache: bool) -> onnx.ModelProto:
+        request = "\0".join([__version__, output or "", *taps]).encode()
+        path = cache_dir() / f"{content_hash(source)[:32]}-{hashlib.sha256(request).hexdigest()[:12]}.onnx"
+        if use_cache and path.exists():
+            try:
+                return onnx.load(str(path))
+            except Exception:  # a damaged cache entry is rebuilt
+                log.warning("rebuilding damaged cache entry %s", path)
+        model = add_input_gradient(source, output=output, taps=taps)
+        if model.ir_version > MAX_IR_VERSION:
+            model.ir_version = MAX_IR_VERSION
+        if use_cache:
+            write_atomically(path, model.SerializeToString())
+        return model
+
+    @staticmethod
+    def _signature(model: onnx.ModelProto) -> ModelSignature:
+        seed = next(i for i in model.graph.input if i.name == GRAD_SEED)
+        seed_dims = [d.dim_value if d.HasField("dim_value") else None for d in seed.type.tensor_type.shape.dim]
+        output = _recorded(model, TARGET_KEY)
+        image = next(i for i in model.graph.input if i.name == _recorded(model, INPUT_KEY))
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in image.type.tensor_type.shape.dim)
+        taps = tuple(o.name[: -len("_grad")] for o in model.graph.output
+                     if o.name.endswith("_grad") and o.name != INPUT_GRAD)
+        return ModelSignature(image.name, shape, output, seed_dims[-1] if seed_dims else None, taps)
+
+    # -- running --------------------------------------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Logits of a batch [N, ...] (computed in chunks of ``max_batch``)."""
+        x = self._validated(x)
+        zero_seed = np.zeros((1, self.signature.num_classes or 1), np.float32)
+        chunks = []
+        for start in range(0, len(x), self.max_batch):
+            part = x[start:start + self.max_batch]
+            feeds = {self.signature.input_name: part, GRAD_SEED: np.broadcast_to(zero_seed, (len(part), zero_seed.shape[1])).copy()}
+            chunks.append(self._run_forward(feeds))
+        return np.concatenate(chunks)
+
+    def _run_forward(self, feeds: dict) -> np.ndarray:
+        # The forward half of the gradient graph: ONNX Runtime only computes what the requested outputs need.
+        return self.session.run(self._forward_outputs, feeds)[0]
+
+    def gradients(self, x: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits [N, K] and the gradient of sum(seed * logits) w.r.t. x, both batched."""
+        logits, grads, _ = self.gradients_with_taps(x, seed)
+        return logits, grads
+
+    def gradients_with_taps(self, x: np.ndarray, seed: np.ndarray):
+        """Logits, input gradients and ``{tap: (value, gradient)}`` for a batch."""
+        x = self._validated(x)
+        seed = np.ascontiguousarray(seed, dtype=np.float32)
+        if seed.shape[0] != x.shape[0]:
+            raise HarnessError(f"grad_seed has {seed.shape[0]} rows for {x.shape[0]} images")
+        names = [self.signature.output_name, INPUT_GRAD]
+        for tap in self.taps:
+            names += [tap, f"{tap}_grad"]
+        parts = [[] for _ in names]
+        for start in range(0, len(x), self.max_batch):
+            feeds = {self.signature.input_name: x[start:start + self.max_batch],
+                     GRAD_SEED: seed[start:start + self.max_batch]}
+            for bucket, value in zip(parts, self.session.run(names, feeds)):
+                bucket.append(value)
+        arrays = [np.concatenate(p) for p in parts]
+        taps = {tap: (arrays[2 + 2 * i], arrays[3 + 2 * i]) for i, tap in enumerate(self.taps)}
+        return arrays[0], arrays[1], taps
+
+    def class_gradients(self, x: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gradients of the logit ``classes[i]`` of image ``i`` (one-hot seeds)."""
+        classes = np.asarray(classes, dtype=np.int64).reshape(-1)
+        k = self.signature.num_classes
+        if k is None:
+            raise HarnessError("the number of classes of the model output is not static")
+        if classes.min(initial=0) < 0 or classes.max(initial=0) >= k:
+            raise HarnessError(f"class indices must lie in [0, {k}); got {classes.min()}..{classes.max()}")
+        seed = np.zeros((len(classes), k), np.float32)
+        seed[np.arange(len(classes)), classes] = 1.0
+        return self.gradients(x, seed)
+
+    def _validated(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        expected = self.signature.input_shape
+        if x.ndim != len(expected) or any(e is not None and e != a for e, a in zip(expected[1:], x.shape[1:])):
+            shown = ["N" if d is None else d for d in expected]
+            raise HarnessError(f"input of shape {list(x.shape)} does not fit the model input "
+                               f"{self.signature.input_name!r} of shape {shown}")
+        if not np.isfinite(x).all():
+            raise HarnessError("the input contains NaN or infinite values")
+        return x
+
+
+def _recorded(model: onnx.ModelProto, key: str) -> str:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            return prop.value
+    raise HarnessError(f"not a gradient model built by harness (no {key} recorded)")
