@@ -28,11 +28,12 @@ from exporting import export_onnx  # noqa: E402
 from harness.gradients import add_input_gradient  # noqa: E402
 
 
-def session(model: onnx.ModelProto, threads: int, profile: str | None = None) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, threads: int, profile: str | None = None,
+            level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = level
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = profile
@@ -60,6 +61,7 @@ def main() -> None:
     grad_model = add_input_gradient(model)
     forward = session(model, args.threads)
     gradient = session(grad_model, args.threads, args.profile)
+    gradient_extended = session(grad_model, args.threads, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     input_name = model.graph.input[0].name
 
     rng = np.random.default_rng(0)
@@ -79,7 +81,11 @@ def main() -> None:
         xt = x_torch.clone().requires_grad_(True)
         (net(xt) * seed_torch).sum().backward()
 
-    candidates = {"ort forward": run_forward, "ort gradient": run_gradient, "torch fwd+bwd": run_torch}
+    def run_gradient_extended():
+        gradient_extended.run(["input_grad"], {input_name: x, "grad_seed": seed})
+
+    candidates = {"ort forward": run_forward, "ort gradient": run_gradient, "ort grad (ext)": run_gradient_extended,
+                  "torch fwd+bwd": run_torch}
     for fn in candidates.values():  # warm-up
         fn()
     times = {name: [] for name in candidates}

@@ -114,8 +114,8 @@ def inspect(model, as_json):
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--images", default=4, help="How many random inputs to check.")
-@click.option("--directions", default=8, help="Random directions per input.")
+@click.option("--images", default=4, type=click.IntRange(min=1), help="How many random inputs to check.")
+@click.option("--directions", default=8, type=click.IntRange(min=1), help="Random directions per input.")
 @click.option("--tolerance", default=5e-2, help="Largest accepted relative L2 error.")
 @click.option("--output", default=None, help="The output to differentiate (needed when the model has several).")
 @click.option("--seed", default=DEFAULT_SEED, help="Seed of the random inputs and directions.")

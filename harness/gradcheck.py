@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from harness import DEFAULT_SEED
+from harness.errors import HarnessError
 
 DEFAULT_TOLERANCE = 5e-2
 DEFAULT_STEPS = (3e-4, 1e-3, 3e-3)
@@ -45,6 +46,8 @@ def check_gradient(runtime, x: np.ndarray, classes: np.ndarray | None = None, di
     large one crosses ReLU kinks, so several steps are tried and the most accurate is reported; a wrong
     gradient fails at every step.
     """
+    if directions < 1 or not relative_steps:
+        raise HarnessError("the gradient check needs at least one direction and one step")
     x = np.asarray(x, dtype=np.float32)
     n = len(x)
     classes = runtime.forward(x).argmax(axis=1) if classes is None else np.asarray(classes).reshape(-1)

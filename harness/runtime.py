@@ -105,7 +105,6 @@ class GradientRuntime:
             log.info("onnxruntime %s: running on %s", ort.__version__, self.provider)
             _announced.add(self.provider)
         self.signature = self._signature(grad_model)
-        self._forward_outputs = [self.signature.output_name]
 
     # -- building -------------------------------------------------------------------------------------
     @staticmethod
@@ -114,9 +113,11 @@ class GradientRuntime:
         path = cache_dir() / f"{content_hash(source)[:32]}-{hashlib.sha256(request).hexdigest()[:12]}.onnx"
         if use_cache and path.exists():
             try:
-                return onnx.load(str(path))
-            except Exception:  # a damaged cache entry is rebuilt
-                log.warning("rebuilding damaged cache entry %s", path)
+                cached = onnx.load(str(path))
+                GradientRuntime._signature(cached)
+                return cached
+            except Exception:  # a damaged or foreign cache entry is rebuilt
+                log.warning("rebuilding damaged cache entry %s", path.name)
         model = add_input_gradient(source, output=output, taps=taps)
         if model.ir_version > MAX_IR_VERSION:
             model.ir_version = MAX_IR_VERSION
@@ -126,10 +127,14 @@ class GradientRuntime:
 
     @staticmethod
     def _signature(model: onnx.ModelProto) -> ModelSignature:
-        seed = next(i for i in model.graph.input if i.name == GRAD_SEED)
+        seed = next((i for i in model.graph.input if i.name == GRAD_SEED), None)
+        if seed is None:
+            raise HarnessError("not a gradient model built by harness (no grad_seed input)")
         seed_dims = [d.dim_value if d.HasField("dim_value") else None for d in seed.type.tensor_type.shape.dim]
         output = _recorded(model, TARGET_KEY)
-        image = next(i for i in model.graph.input if i.name == _recorded(model, INPUT_KEY))
+        image = next((i for i in model.graph.input if i.name == _recorded(model, INPUT_KEY)), None)
+        if image is None:
+            raise HarnessError("not a gradient model built by harness (its image input is missing)")
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in image.type.tensor_type.shape.dim)
         taps = tuple(o.name[: -len("_grad")] for o in model.graph.output
                      if o.name.endswith("_grad") and o.name != INPUT_GRAD)
@@ -138,18 +143,8 @@ class GradientRuntime:
     # -- running --------------------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits of a batch [N, ...] (computed in chunks of ``max_batch``)."""
-        x = self._validated(x)
-        zero_seed = np.zeros((1, self.signature.num_classes or 1), np.float32)
-        chunks = []
-        for start in range(0, len(x), self.max_batch):
-            part = x[start:start + self.max_batch]
-            feeds = {self.signature.input_name: part, GRAD_SEED: np.broadcast_to(zero_seed, (len(part), zero_seed.shape[1])).copy()}
-            chunks.append(self._run_forward(feeds))
-        return np.concatenate(chunks)
-
-    def _run_forward(self, feeds: dict) -> np.ndarray:
-        # The forward half of the gradient graph: ONNX Runtime only computes what the requested outputs need.
-        return self.session.run(self._forward_outputs, feeds)[0]
+        # Only the forward half of the gradient graph runs: ONNX Runtime computes what the outputs need.
+        return self._batched([self.signature.output_name], x, None)[0]
 
     def gradients(self, x: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits [N, K] and the gradient of sum(seed * logits) w.r.t. x, both batched."""
@@ -158,22 +153,36 @@ class GradientRuntime:
 
     def gradients_with_taps(self, x: np.ndarray, seed: np.ndarray):
         """Logits, input gradients and ``{tap: (value, gradient)}`` for a batch."""
-        x = self._validated(x)
-        seed = np.ascontiguousarray(seed, dtype=np.float32)
-        if seed.shape[0] != x.shape[0]:
-            raise HarnessError(f"grad_seed has {seed.shape[0]} rows for {x.shape[0]} images")
         names = [self.signature.output_name, INPUT_GRAD]
         for tap in self.taps:
             names += [tap, f"{tap}_grad"]
-        parts = [[] for _ in names]
-        for start in range(0, len(x), self.max_batch):
-            feeds = {self.signature.input_name: x[start:start + self.max_batch],
-                     GRAD_SEED: seed[start:start + self.max_batch]}
-            for bucket, value in zip(parts, self.session.run(names, feeds)):
-                bucket.append(value)
-        arrays = [np.concatenate(p) for p in parts]
+        arrays = self._batched(names, x, seed)
         taps = {tap: (arrays[2 + 2 * i], arrays[3 + 2 * i]) for i, tap in enumerate(self.taps)}
         return arrays[0], arrays[1], taps
+
+    def _batched(self, names: list[str], x: np.ndarray, seed: np.ndarray | None) -> list[np.ndarray]:
+        """Run ``names`` over ``x`` in chunks; a model with a static batch size gets exactly that many rows
+        per call (the last chunk padded with zeros and the padding dropped)."""
+        x = self._validated(x)
+        k = self.signature.num_classes or 1
+        if seed is None:
+            seed = np.zeros((len(x), k), np.float32)
+        seed = np.ascontiguousarray(seed, dtype=np.float32)
+        if seed.shape[0] != x.shape[0]:
+            raise HarnessError(f"grad_seed has {seed.shape[0]} rows for {x.shape[0]} images")
+        static_batch = self.signature.input_shape[0]
+        chunk = static_batch if isinstance(static_batch, int) and static_batch > 0 else self.max_batch
+        parts = [[] for _ in names]
+        for start in range(0, len(x), chunk):
+            x_part, seed_part = x[start:start + chunk], seed[start:start + chunk]
+            rows = len(x_part)
+            if rows < chunk and chunk == static_batch:
+                x_part = np.concatenate([x_part, np.zeros((chunk - rows, *x.shape[1:]), np.float32)])
+                seed_part = np.concatenate([seed_part, np.zeros((chunk - rows, *seed.shape[1:]), np.float32)])
+            outputs = self.session.run(names, {self.signature.input_name: x_part, GRAD_SEED: seed_part})
+            for bucket, value in zip(parts, outputs):
+                bucket.append(value[:rows])
+        return [np.concatenate(p) for p in parts]
 
     def class_gradients(self, x: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Gradients of the logit ``classes[i]`` of image ``i`` (one-hot seeds)."""
@@ -189,6 +198,8 @@ class GradientRuntime:
 
     def _validated(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim >= 1 and len(x) == 0:
+            raise HarnessError("the batch is empty: give at least one image")
         expected = self.signature.input_shape
         if x.ndim != len(expected) or any(e is not None and e != a for e, a in zip(expected[1:], x.shape[1:])):
             shown = ["N" if d is None else d for d in expected]

@@ -1,0 +1,287 @@
+"""The ``harness`` command line: gradgraph, inspect, check and demo, and how bad input is reported."""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from harness.cli import main
+
+DIGITS = Path(__file__).resolve().parents[1] / "exported_models" / "digits_cnn.onnx"
+F = TensorProto.FLOAT
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Tests never write to the user's cache."""
+    root = tmp_path_factory.mktemp("harness-cache")
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(root))
+    monkeypatch.delenv("HARNESS_PROVIDER", raising=False)
+    monkeypatch.delenv("HARNESS_DEBUG", raising=False)
+    return root
+
+
+def invoke(*args):
+    if "mix_stderr" in pyinspect.signature(CliRunner.__init__).parameters:
+        runner = CliRunner(mix_stderr=False)
+    else:  # click 8.2+: stderr is always kept apart
+        runner = CliRunner()
+    return runner.invoke(main, [str(a) for a in args], catch_exceptions=True)
+
+
+def digits_tensor_names() -> set[str]:
+    model = onnx.load(str(DIGITS))
+    return {o for node in model.graph.node for o in node.output}
+
+
+@pytest.fixture(scope="module")
+def relu_tap() -> str:
+    """A real intermediate tensor of the digits CNN: the output of its second ReLU."""
+    model = onnx.load(str(DIGITS))
+    relus = [node.output[0] for node in model.graph.node if node.op_type == "Relu"]
+    assert len(relus) >= 2
+    return relus[1]
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def unsupported_op_model() -> onnx.ModelProto:
+    """A valid model whose image path has a Det node (no gradient rule)."""
+    nodes = [helper.make_node("Relu", ["image"], ["r"], name="relu"),
+             helper.make_node("Det", ["r"], ["d"], name="the_det_node"),
+             helper.make_node("Unsqueeze", ["d", "axes"], ["scores"], name="unsqueeze")]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("image", F, ["N", 3, 3])],
+                              [helper.make_tensor_value_info("scores", F, ["N", 1])],
+                              [onnx.numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def two_output_model() -> onnx.ModelProto:
+    nodes = [helper.make_node("Relu", ["image"], ["scores_a"], name="relu"),
+             helper.make_node("Neg", ["image"], ["scores_b"], name="neg")]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("image", F, ["N", 4])],
+                              [helper.make_tensor_value_info("scores_a", F, ["N", 4]),
+                               helper.make_tensor_value_info("scores_b", F, ["N", 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def assert_user_error(result, *words):
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    stderr = result.stderr
+    assert stderr.startswith("error:"), stderr
+    assert "\n\n" not in stderr.strip(), "more than one paragraph"
+    assert "Traceback" not in stderr and "Traceback" not in result.stdout
+    for word in words:
+        assert word in stderr, (word, stderr)
+
+
+# -- gradgraph ----------------------------------------------------------------------------------------------
+def test_gradgraph_writes_a_gradient_model(tmp_path):
+    out = tmp_path / "digits_grad.onnx"
+    result = invoke("gradgraph", DIGITS, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.stdout
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    assert {"logits", "input_grad"} <= {o.name for o in model.graph.output}
+    assert {"input", "grad_seed"} <= {i.name for i in model.graph.input}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    (grad,) = session.run(["input_grad"], {"input": x, "grad_seed": np.eye(10, dtype=np.float32)[:2]})
+    assert grad.shape == x.shape and np.abs(grad).max() > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_grad.onnx"]
+
+
+def test_gradgraph_with_taps(tmp_path, relu_tap):
+    assert relu_tap in digits_tensor_names()
+    out = tmp_path / "tapped.onnx"
+    result = invoke("gradgraph", DIGITS, "-o", out, "--tap", relu_tap)
+    assert result.exit_code == 0, result.output
+    outputs = {o.name for o in onnx.load(str(out)).graph.output}
+    assert {relu_tap, f"{relu_tap}_grad", "input_grad", "logits"} <= outputs
+
+
+def test_gradgraph_with_a_missing_tap_is_a_user_error(tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = invoke("gradgraph", DIGITS, "-o", out_dir / "g.onnx", "--tap", "no/such/tensor")
+    assert_user_error(result, "no/such/tensor")
+    assert list(out_dir.iterdir()) == []
+
+
+# -- inspect ------------------------------------------------------------------------------------------------
+def test_inspect_text():
+    result = invoke("inspect", DIGITS)
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "input input: float32 ['N', 1, 32, 32]" in " ".join(text.split())
+    assert "output logits: float32 ['N', 10]" in " ".join(text.split())
+    assert "IR 8" in text and "'ai.onnx': 17" in text
+    for entry in ("Conv:3", "Relu:3", "MaxPool:2", "GlobalAveragePool:1", "Flatten:1", "Gemm:1"):
+        assert entry in text, entry
+    assert "ops without gradient rules: none" in text
+
+
+def test_inspect_json():
+    result = invoke("inspect", DIGITS, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {"inputs", "outputs", "opsets", "op_histogram", "ops_without_gradient_rules"} <= set(report)
+    assert report["inputs"] == [{"name": "input", "type": "float32", "shape": ["N", 1, 32, 32]}]
+    assert report["outputs"] == [{"name": "logits", "type": "float32", "shape": ["N", 10]}]
+    assert report["opsets"] == {"ai.onnx": 17}
+    assert report["op_histogram"] == {"Conv": 3, "Relu": 3, "MaxPool": 2, "GlobalAveragePool": 1,
+                                      "Flatten": 1, "Gemm": 1}
+    assert report["ops_without_gradient_rules"] == []
+
+
+def test_inspect_lists_ops_without_rules(tmp_path):
+    path = save(unsupported_op_model(), tmp_path / "det.onnx")
+    text = invoke("inspect", path)
+    assert text.exit_code == 0, text.output
+    assert "ops without gradient rules: Det" in text.stdout
+    report = json.loads(invoke("inspect", path, "--json").stdout)
+    assert report["ops_without_gradient_rules"] == ["Det"]
+
+
+# -- check and demo -----------------------------------------------------------------------------------------
+def test_check_json_passes():
+    result = invoke("check", DIGITS, "--images", "2", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] is True
+    assert report["images"] == 2
+    assert report["relative_error"] <= report["tolerance"]
+
+
+def test_check_fails_with_exit_1_under_an_impossible_tolerance():
+    result = invoke("check", DIGITS, "--images", "2", "--json", "--tolerance", "0")
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["passed"] is False
+
+
+def test_check_with_zero_images_is_a_user_error():
+    result = invoke("check", DIGITS, "--images", "0")
+    assert result.exit_code == 2, (result.exit_code, result.exception)
+
+
+def test_check_on_a_static_batch_model(tmp_path):
+    model = onnx.load(str(DIGITS))
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    path = save(model, tmp_path / "static.onnx")
+    result = invoke("check", path, "--images", "2")
+    assert result.exit_code in (0, 2), (result.exit_code, result.exception)
+
+
+def test_demo_passes():
+    result = invoke("demo")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("PASS")
+
+
+# -- bad input ----------------------------------------------------------------------------------------------
+def _missing(tmp_path):
+    return tmp_path / "models" / "missing.onnx", ["does not exist"]
+
+
+def _garbage(tmp_path):
+    path = tmp_path / "models" / "garbage.onnx"
+    path.write_bytes(np.random.default_rng(3).integers(0, 256, 2048, dtype=np.uint8).tobytes())
+    return path, ["garbage.onnx", "not a readable ONNX model"]
+
+
+def _unsupported(tmp_path):
+    return save(unsupported_op_model(), tmp_path / "models" / "det.onnx"), ["Det", "the_det_node"]
+
+
+def _two_outputs(tmp_path):
+    return save(two_output_model(), tmp_path / "models" / "two.onnx"), ["scores_a", "scores_b", "--output"]
+
+
+BAD_MODELS = {"missing-file": _missing, "garbage-bytes": _garbage, "unsupported-op": _unsupported,
+              "two-float-outputs": _two_outputs}
+
+
+@pytest.fixture
+def bad_model(request, tmp_path):
+    (tmp_path / "models").mkdir()
+    return BAD_MODELS[request.param](tmp_path)
+
+
+@pytest.mark.parametrize("bad_model", list(BAD_MODELS), indirect=True)
+def test_gradgraph_bad_input(bad_model, tmp_path):
+    path, words = bad_model
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = invoke("gradgraph", path, "-o", out_dir / "grad.onnx")
+    assert_user_error(result, *words)
+    assert list(out_dir.iterdir()) == [], "output (or temporary) files left behind"
+
+
+@pytest.mark.parametrize("bad_model", list(BAD_MODELS), indirect=True)
+def test_check_bad_input(bad_model, tmp_path):
+    path, words = bad_model
+    before = sorted(os.listdir(tmp_path / "models"))
+    result = invoke("check", path, "--images", "1")
+    assert_user_error(result, *words)
+    assert sorted(os.listdir(tmp_path / "models")) == before
+
+
+@pytest.mark.parametrize("bad_model", ["missing-file", "garbage-bytes"], indirect=True)
+def test_inspect_bad_input(bad_model):
+    path, words = bad_model
+    assert_user_error(invoke("inspect", path), *words)
+
+
+def test_demo_with_bad_model(tmp_path):
+    path = save(unsupported_op_model(), tmp_path / "det.onnx")
+    assert_user_error(invoke("demo", "--model", path), "Det", "the_det_node")
+
+
+# -- the installed console script ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def harness_script():
+    script = shutil.which("harness")
+    if script is None:
+        pytest.skip("the harness console script is not installed")
+    return script
+
+
+def test_console_script_reports_bad_input_without_traceback(harness_script, tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\xff\xff\xff not an onnx model \x00" * 16)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.run([harness_script, "gradgraph", str(garbage), "-o", str(out_dir / "g.onnx")],
+                          capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("error:"), proc.stderr
+    assert "garbage.onnx" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "\n\n" not in proc.stderr.strip()
+    assert list(out_dir.iterdir()) == []
+
+
+def test_console_script_gradgraph(harness_script, tmp_path):
+    out = tmp_path / "g.onnx"
+    proc = subprocess.run([harness_script, "--quiet", "gradgraph", str(DIGITS), "-o", str(out)],
+                          capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    assert "input_grad" in {o.name for o in onnx.load(str(out)).graph.output}
+    assert proc.stderr == ""

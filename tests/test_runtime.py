@@ -1,0 +1,379 @@
+"""GradientRuntime on the bundled digits CNN: batching, the on-disk cache, input validation, provider choice,
+and the finite-difference gradient check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import harness.runtime as runtime_module
+from harness.errors import HarnessError
+from harness.gradcheck import check_gradient
+from harness.runtime import CPU, CUDA, GradientRuntime, cache_dir, choose_providers
+
+DIGITS = Path(__file__).resolve().parents[1] / "exported_models" / "digits_cnn.onnx"
+TAP = "/features/features.6/Relu_output_0"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Every test gets its own empty cache folder; nothing is written to the user's cache."""
+    root = tmp_path / "harness-cache"
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(root))
+    monkeypatch.delenv("HARNESS_PROVIDER", raising=False)
+    return root / "gradient-models"
+
+
+@pytest.fixture(scope="module")
+def runtimes():
+    return {b: GradientRuntime(DIGITS, max_batch=b, use_cache=False) for b in (1, 3, 64)}
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(1860867)
+    return rng.standard_normal((10, 1, 32, 32)).astype(np.float32), rng.standard_normal((10, 10)).astype(np.float32)
+
+
+def count_runs(runtime: GradientRuntime, monkeypatch) -> list[int]:
+    """Wrap the session's run so that each call records its batch size."""
+    sizes: list[int] = []
+    real_run = runtime.session.run
+
+    def counting_run(names, feeds, *args, **kwargs):
+        sizes.append(len(feeds[runtime.signature.input_name]))
+        return real_run(names, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.session, "run", counting_run)
+    return sizes
+
+
+def close(a, b, rtol=1e-5):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max())
+
+
+# -- batching -----------------------------------------------------------------------------------------------
+def test_signature_of_the_digits_model(runtimes):
+    signature = runtimes[3].signature
+    assert signature.input_name == "input"
+    assert signature.input_shape == (None, 1, 32, 32)
+    assert signature.output_name == "logits"
+    assert signature.num_classes == 10
+
+
+def test_results_do_not_depend_on_max_batch(runtimes, images):
+    x, seed = images
+    classes = np.arange(10) % 10
+    reference = runtimes[64]
+    logits = reference.forward(x)
+    g_logits, grads = reference.gradients(x, seed)
+    c_logits, c_grads = reference.class_gradients(x, classes)
+    assert logits.shape == (10, 10) and grads.shape == x.shape and c_grads.shape == x.shape
+    close(g_logits, logits)
+    close(c_logits, logits)
+    onehot = np.eye(10, dtype=np.float32)[classes]
+    close(c_grads, reference.gradients(x, onehot)[1])
+    assert np.linalg.norm(grads - c_grads) > 1e-3 * np.linalg.norm(grads)  # the seed matters
+    for batch in (1, 3):
+        runtime = runtimes[batch]
+        close(runtime.forward(x), logits)
+        b_logits, b_grads = runtime.gradients(x, seed)
+        close(b_logits, logits)
+        close(b_grads, grads)
+        close(runtime.class_gradients(x, classes)[1], c_grads)
+
+
+@pytest.mark.parametrize("max_batch, expected", [(3, [3, 3, 3, 1]), (4, [4, 4, 2]), (10, [10]), (64, [10])])
+def test_batching_really_chunks(max_batch, expected, images, monkeypatch):
+    x, seed = images
+    runtime = GradientRuntime(DIGITS, max_batch=max_batch, use_cache=False)
+    sizes = count_runs(runtime, monkeypatch)
+    runtime.forward(x)
+    assert sizes == expected
+    sizes.clear()
+    runtime.gradients(x, seed)
+    assert sizes == expected
+    sizes.clear()
+    runtime.class_gradients(x, np.zeros(10, np.int64))
+    assert sizes == expected
+
+
+def test_taps_come_back_batched(images):
+    x, seed = images
+    one = GradientRuntime(DIGITS, taps=[TAP], max_batch=64, use_cache=False)
+    chunked = GradientRuntime(DIGITS, taps=[TAP], max_batch=3, use_cache=False)
+    assert one.signature.taps == (TAP,)
+    _, grads, taps = one.gradients_with_taps(x, seed)
+    _, c_grads, c_taps = chunked.gradients_with_taps(x, seed)
+    value, grad = taps[TAP]
+    assert value.shape[0] == 10 and grad.shape == value.shape
+    close(c_taps[TAP][0], value)
+    close(c_taps[TAP][1], grad)
+    close(c_grads, grads)
+
+
+# -- the on-disk cache --------------------------------------------------------------------------------------
+def cached_files(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def test_cache_dir_follows_the_environment(private_cache):
+    assert cache_dir() == private_cache
+
+
+def test_second_construction_loads_the_cached_file(private_cache, images, monkeypatch):
+    x, seed = images
+    first = GradientRuntime(DIGITS)
+    files = cached_files(private_cache)
+    assert len(files) == 1 and files[0].suffix == ".onnx"
+    loaded = onnx.load(str(files[0]))
+    assert "input_grad" in {o.name for o in loaded.graph.output}
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the gradient model was rebuilt although it is cached")
+
+    monkeypatch.setattr(runtime_module, "add_input_gradient", no_rebuild)
+    second = GradientRuntime(DIGITS)
+    close(second.gradients(x, seed)[1], first.gradients(x, seed)[1])
+    assert cached_files(private_cache) == files
+    # a different request is a different entry, built afresh
+    with pytest.raises(AssertionError, match="rebuilt"):
+        GradientRuntime(DIGITS, taps=[TAP])
+    with pytest.raises(AssertionError, match="rebuilt"):
+        GradientRuntime(DIGITS, output="logits")
+
+
+def test_different_taps_and_output_give_different_files(private_cache):
+    GradientRuntime(DIGITS)
+    GradientRuntime(DIGITS, taps=[TAP])
+    GradientRuntime(DIGITS, output="logits")
+    GradientRuntime(DIGITS, taps=[TAP])  # the same request again: no new file
+    files = cached_files(private_cache)
+    assert len(files) == 3, files
+    assert not [f for f in files if f.name.startswith(".")], "temporary files left behind"
+
+
+def test_use_cache_false_writes_nothing(private_cache):
+    GradientRuntime(DIGITS, use_cache=False)
+    assert cached_files(private_cache) == []
+
+
+def _corrupt(kind: str, path: Path) -> None:
+    data = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "garbage":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "not-a-gradient-model":
+        path.write_bytes(DIGITS.read_bytes())
+
+
+@pytest.mark.parametrize("kind", [
+    "truncated",
+    "garbage",
+    "empty",
+    "not-a-gradient-model",
+])
+def test_corrupted_cache_file_is_rebuilt(kind, private_cache, images):
+    x, seed = images
+    expected = GradientRuntime(DIGITS).gradients(x, seed)[1]
+    (path,) = cached_files(private_cache)
+    _corrupt(kind, path)
+    rebuilt = GradientRuntime(DIGITS)
+    close(rebuilt.gradients(x, seed)[1], expected)
+    # the entry was rewritten with a usable model
+    assert cached_files(private_cache) == [path]
+    assert "input_grad" in {o.name for o in onnx.load(str(path)).graph.output}
+
+
+# -- bad input ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runtime(runtimes):
+    return runtimes[3]
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 28, 28), (2, 3, 32, 32), (1, 32, 32), (2, 1, 32, 32, 1)])
+def test_wrong_shape_names_the_expected_shape(runtime, shape):
+    x = np.zeros(shape, np.float32)
+    for call in (runtime.forward, lambda a: runtime.class_gradients(a, np.zeros(len(a), np.int64))):
+        with pytest.raises(HarnessError) as caught:
+            call(x)
+        message = str(caught.value)
+        assert "1, 32, 32]" in message and "'input'" in message, message
+        assert str(list(shape)) in message, message
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_is_rejected(runtime, bad):
+    x = np.zeros((3, 1, 32, 32), np.float32)
+    x[1, 0, 5, 7] = bad
+    with pytest.raises(HarnessError, match="NaN or infinite"):
+        runtime.forward(x)
+    with pytest.raises(HarnessError, match="NaN or infinite"):
+        runtime.gradients(x, np.ones((3, 10), np.float32))
+    with pytest.raises(HarnessError, match="NaN or infinite"):
+        runtime.class_gradients(x, np.zeros(3, np.int64))
+
+
+@pytest.mark.parametrize("classes", [[0, 10], [-1, 3], [100]])
+def test_class_index_out_of_range(runtime, classes):
+    x = np.zeros((len(classes), 1, 32, 32), np.float32)
+    with pytest.raises(HarnessError, match=r"\[0, 10\)"):
+        runtime.class_gradients(x, np.array(classes))
+
+
+def test_valid_class_indices_at_the_edges_work(runtime):
+    x = np.zeros((2, 1, 32, 32), np.float32)
+    _, grads = runtime.class_gradients(x, np.array([0, 9]))
+    assert grads.shape == x.shape and np.isfinite(grads).all()
+
+
+def test_seed_rows_must_match_images(runtime):
+    with pytest.raises(HarnessError, match="rows"):
+        runtime.gradients(np.zeros((4, 1, 32, 32), np.float32), np.ones((3, 10), np.float32))
+
+
+@pytest.mark.parametrize("max_batch", [0, -1])
+def test_max_batch_must_be_positive(max_batch):
+    with pytest.raises(HarnessError, match="at least 1"):
+        GradientRuntime(DIGITS, max_batch=max_batch, use_cache=False)
+
+
+def static_batch_model(path: Path) -> Path:
+    """The digits CNN with its batch dimension fixed to 1, as some exporters write it."""
+    model = onnx.load(str(DIGITS))
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(path))
+    return path
+
+
+def test_static_batch_model_is_run_or_rejected_cleanly(tmp_path, images):
+    runtime = GradientRuntime(static_batch_model(tmp_path / "static.onnx"), use_cache=False)
+    assert runtime.signature.input_shape == (1, 1, 32, 32)
+    x, _ = images
+    try:
+        logits = runtime.forward(x[:4])
+    except HarnessError:
+        return
+    assert logits.shape == (4, 10)
+
+
+
+
+def test_empty_batch_is_handled(runtime):
+    x = np.zeros((0, 1, 32, 32), np.float32)
+    try:
+        logits = runtime.forward(x)
+        _, grads = runtime.class_gradients(x, np.zeros(0, np.int64))
+    except HarnessError:
+        return
+    assert logits.shape == (0, 10) and grads.shape == x.shape
+
+
+# -- providers ----------------------------------------------------------------------------------------------
+def test_cpu_only_on_this_machine():
+    if CUDA in ort.get_available_providers() and runtime_module.cuda_driver_present():
+        pytest.skip("this machine has a usable CUDA provider")
+    assert choose_providers() == [CPU]
+    assert choose_providers("auto") == [CPU]
+    assert choose_providers("cpu") == [CPU]
+    with pytest.raises(HarnessError, match="CUDA"):
+        choose_providers("cuda")
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Pretend onnxruntime-gpu and a CUDA driver are present (choose_providers only, no session)."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(runtime_module, "cuda_driver_present", lambda: True)
+
+
+def test_cuda_is_preferred_when_present_and_cpu_is_honoured(fake_cuda, monkeypatch):
+    assert choose_providers() == [CUDA, CPU]
+    assert choose_providers("cuda") == [CUDA, CPU]
+    monkeypatch.setenv("HARNESS_PROVIDER", "cpu")
+    assert choose_providers() == [CPU]
+    monkeypatch.setenv("HARNESS_PROVIDER", "CPU")
+    assert choose_providers() == [CPU]
+    assert choose_providers("cuda") == [CUDA, CPU]  # an explicit request beats the environment
+
+
+def test_cuda_without_driver_is_an_error(monkeypatch):
+    monkeypatch.setattr(runtime_module, "cuda_driver_present", lambda: False)
+    with pytest.raises(HarnessError, match="CUDA"):
+        choose_providers("cuda")
+    monkeypatch.setenv("HARNESS_PROVIDER", "cuda")
+    with pytest.raises(HarnessError, match="CUDA"):
+        choose_providers()
+    with pytest.raises(HarnessError, match="CUDA"):
+        GradientRuntime(DIGITS, use_cache=False)
+
+
+def test_cuda_driver_without_gpu_package_is_an_error(monkeypatch):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
+    monkeypatch.setattr(runtime_module, "cuda_driver_present", lambda: True)
+    with pytest.raises(HarnessError):
+        choose_providers("cuda")
+    assert choose_providers() == [CPU]
+
+
+@pytest.mark.parametrize("name", ["tpu", "CUDAExecutionProvider", "gpu"])
+def test_unknown_provider_is_an_error(name, monkeypatch):
+    with pytest.raises(HarnessError, match="unknown provider"):
+        choose_providers(name)
+    monkeypatch.setenv("HARNESS_PROVIDER", name)
+    with pytest.raises(HarnessError, match="unknown provider"):
+        choose_providers()
+
+
+def test_runtime_honours_harness_provider_cpu(monkeypatch):
+    monkeypatch.setenv("HARNESS_PROVIDER", "cpu")
+    assert GradientRuntime(DIGITS, use_cache=False).provider == CPU
+
+
+# -- the finite-difference check ----------------------------------------------------------------------------
+class WrongGradients:
+    """A runtime whose input gradients are deliberately wrong."""
+
+    def __init__(self, inner: GradientRuntime, kind: str):
+        self.inner, self.kind = inner, kind
+
+    def forward(self, x):
+        return self.inner.forward(x)
+
+    def class_gradients(self, x, classes):
+        logits, grads = self.inner.class_gradients(x, classes)
+        if self.kind == "negated":
+            return logits, -grads
+        flat = grads.reshape(len(grads), -1)
+        order = np.random.default_rng(0).permutation(flat.shape[1])
+        return logits, flat[:, order].reshape(grads.shape)
+
+
+@pytest.fixture(scope="module")
+def check_inputs():
+    return np.random.default_rng(7).standard_normal((4, 1, 32, 32)).astype(np.float32)
+
+
+def test_gradient_check_passes_on_the_digits_model(runtimes, check_inputs):
+    result = check_gradient(runtimes[64], check_inputs)
+    assert result.passed, result
+    assert result.relative_error < 5e-2 and result.cosine > 0.99
+    assert result.images == 4 and result.directions == 8
+    assert result.as_dict()["passed"] is True
+
+
+@pytest.mark.parametrize("kind", ["negated", "shuffled"])
+def test_gradient_check_fails_on_a_wrong_gradient(runtimes, check_inputs, kind):
+    result = check_gradient(WrongGradients(runtimes[64], kind), check_inputs)
+    assert not result.passed
+    assert result.relative_error > 0.5, result
+    assert result.as_dict()["passed"] is False
