@@ -16,7 +16,7 @@ def _gated(ctx: VJPContext, condition: str, otherwise: str | None = None) -> Non
     """
     g = ctx.grad_output(0)
     if otherwise is None:
-        ctx.set_grad(0, ctx.op("Mul", g, ctx.op("Cast", condition, to=ctx.emit.elem_type(g))))
+        ctx.set_grad(0, ctx.op("Mul", g, ctx.op("Cast", condition, to=ctx.emit.elem_type(ctx.output(0)))))
         return
     ctx.set_grad(0, ctx.op("Where", condition, g, otherwise))
 
