@@ -101,10 +101,15 @@ class GradientRuntime:
         providers = choose_providers(provider)
         self.session = ort.InferenceSession(grad_model.SerializeToString(), options, providers=providers)
         self.provider = self.session.get_providers()[0]
+        self.signature = self._signature(grad_model)
+        # ONNX Runtime runs every node of a graph whatever outputs are asked for, so forward passes get a
+        # session of their own on the source model (measured: the gradient graph's logits alone cost a
+        # full gradient call).
+        self.forward_session = ort.InferenceSession(
+            _forward_model(source, self.signature).SerializeToString(), options, providers=providers)
         if self.provider not in _announced:
             log.info("onnxruntime %s: running on %s", ort.__version__, self.provider)
             _announced.add(self.provider)
-        self.signature = self._signature(grad_model)
 
     # -- building -------------------------------------------------------------------------------------
     @staticmethod
@@ -144,7 +149,7 @@ class GradientRuntime:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits of a batch [N, ...] (computed in chunks of ``max_batch``)."""
         # Only the forward half of the gradient graph runs: ONNX Runtime computes what the outputs need.
-        return self._batched([self.signature.output_name], x, None)[0]
+        return self._batched([self.signature.output_name], x, None, self.forward_session)[0]
 
     def gradients(self, x: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits [N, K] and the gradient of sum(seed * logits) w.r.t. x, both batched."""
@@ -160,7 +165,7 @@ class GradientRuntime:
         taps = {tap: (arrays[2 + 2 * i], arrays[3 + 2 * i]) for i, tap in enumerate(self.taps)}
         return arrays[0], arrays[1], taps
 
-    def _batched(self, names: list[str], x: np.ndarray, seed: np.ndarray | None) -> list[np.ndarray]:
+    def _batched(self, names: list[str], x: np.ndarray, seed: np.ndarray | None, session=None) -> list[np.ndarray]:
         """Run ``names`` over ``x`` in chunks; a model with a static batch size gets exactly that many rows
         per call (the last chunk padded with zeros and the padding dropped)."""
         x = self._validated(x)
@@ -179,7 +184,10 @@ class GradientRuntime:
             if rows < chunk and chunk == static_batch:
                 x_part = np.concatenate([x_part, np.zeros((chunk - rows, *x.shape[1:]), np.float32)])
                 seed_part = np.concatenate([seed_part, np.zeros((chunk - rows, *seed.shape[1:]), np.float32)])
-            outputs = self.session.run(names, {self.signature.input_name: x_part, GRAD_SEED: seed_part})
+            if session is None:
+                outputs = self.session.run(names, {self.signature.input_name: x_part, GRAD_SEED: seed_part})
+            else:
+                outputs = session.run(names, {self.signature.input_name: x_part})
             for bucket, value in zip(parts, outputs):
                 bucket.append(value[:rows])
         return [np.concatenate(p) for p in parts]
@@ -208,6 +216,19 @@ class GradientRuntime:
         if not np.isfinite(x).all():
             raise HarnessError("the input contains NaN or infinite values")
         return x
+
+
+def _forward_model(source: onnx.ModelProto, signature: ModelSignature) -> onnx.ModelProto:
+    """The source model with the differentiated tensor as its only output."""
+    from harness.gradients.builder import tensor_value_info
+
+    model = onnx.ModelProto()
+    model.CopyFrom(source)
+    del model.graph.output[:]
+    model.graph.output.append(tensor_value_info(source, signature.output_name))
+    if model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+    return model
 
 
 def _recorded(model: onnx.ModelProto, key: str) -> str:

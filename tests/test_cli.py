@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -257,7 +258,8 @@ def test_demo_with_bad_model(tmp_path):
 # -- the installed console script ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def harness_script():
-    script = shutil.which("harness")
+    beside_python = Path(sys.executable).parent / "harness"
+    script = str(beside_python) if beside_python.exists() else shutil.which("harness")
     if script is None:
         pytest.skip("the harness console script is not installed")
     return script

@@ -41,6 +41,8 @@ CASES = [
     OpCase("CastLike", "CastLike", [(2, 3), np.zeros(1)]),
     # activations
     OpCase("Relu", "Relu", [(3, 4)]),
+    OpCase("Relu-feature-map", "Relu", [(2, 3, 4, 4)]),
+    OpCase("Relu-feature-map-symbolic", "Relu", [(2, 3, 4, 4)], symbolic_batch=True),
     OpCase("LeakyRelu", "LeakyRelu", [(3, 4)], attrs={"alpha": 0.2}),
     OpCase("PRelu", "PRelu", [(2, 3, 4), rng.uniform(0.1, 0.5, (3, 1))]),
     OpCase("Elu", "Elu", [(3, 4)], attrs={"alpha": 0.7}),

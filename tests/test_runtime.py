@@ -40,15 +40,14 @@ def images():
 
 
 def count_runs(runtime: GradientRuntime, monkeypatch) -> list[int]:
-    """Wrap the session's run so that each call records its batch size."""
+    """Wrap both sessions' run (gradient and forward) so that each call records its batch size."""
     sizes: list[int] = []
-    real_run = runtime.session.run
+    for session in (runtime.session, runtime.forward_session):
+        def counting_run(names, feeds, *args, _real_run=session.run, **kwargs):
+            sizes.append(len(feeds[runtime.signature.input_name]))
+            return _real_run(names, feeds, *args, **kwargs)
 
-    def counting_run(names, feeds, *args, **kwargs):
-        sizes.append(len(feeds[runtime.signature.input_name]))
-        return real_run(names, feeds, *args, **kwargs)
-
-    monkeypatch.setattr(runtime.session, "run", counting_run)
+        monkeypatch.setattr(session, "run", counting_run)
     return sizes
 
 

@@ -83,6 +83,10 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     if target not in existing_outputs:
         graph.output.append(_value_info(target, infos[target]))
     graph.ClearField("value_info")
+    # Every gradient has its tensor's type and shape (symbolic dims included): telling the runtime lets it
+    # prove that a gradient and its activation match, e.g. to keep both in a blocked memory layout.
+    graph.value_info.extend(_value_info(grad, infos[forward]) for grad, forward in backward.shaped_like.items()
+                            if forward in infos and infos[forward].dims is not None)
     _record(model, {TARGET_KEY: target, INPUT_KEY: image})
     onnx.checker.check_model(model)
     return model
@@ -97,6 +101,7 @@ class _Backward:
         self.relevant = relevant
         self.contributions: dict[str, list[str]] = defaultdict(list)
         self.finalised: dict[str, str | None] = {}
+        self.shaped_like: dict[str, str] = {}  # gradient tensor -> the forward tensor whose shape it has
 
     def seed(self, tensor: str, grad: str) -> None:
         self.contributions[tensor].append(grad)
@@ -111,6 +116,7 @@ class _Backward:
                 total = parts[0]
             else:
                 total = self.emit.op("Sum", *parts)
+                self.shaped_like[total] = tensor
             self.finalised[tensor] = total
         return self.finalised[tensor]
 
@@ -134,6 +140,7 @@ class _Backward:
                 continue
             for i, grad in ctx.input_grads.items():
                 self.contributions[node.input[i]].append(grad)
+                self.shaped_like[grad] = node.input[i]
         if failures:
             raise UnsupportedOpsError(dict(failures), reasons)
 
@@ -283,3 +290,14 @@ def _value_info(name: str, info: TensorInfo) -> onnx.ValueInfoProto:
     dims = None if info.dims is None else list(info.dims)
     elem_type = info.elem_type or onnx.TensorProto.FLOAT
     return helper.make_tensor_value_info(name, elem_type, dims)
+
+
+def tensor_value_info(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
+    """Type and shape of tensor ``name`` of ``model`` (a graph output's own, else from shape inference)."""
+    for value_info in model.graph.output:
+        if value_info.name == name:
+            return value_info
+    infos, _ = _tensor_facts(model)
+    if name not in infos:
+        raise ModelSignatureError(f"{name!r} is not a tensor of the model")
+    return _value_info(name, infos[name])

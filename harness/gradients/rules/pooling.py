@@ -50,7 +50,20 @@ def average_pool(ctx: VJPContext) -> None:
 
 @vjp("GlobalAveragePool")
 def global_average_pool(ctx: VJPContext) -> None:
+    """dx = g / (H W) broadcast over the spatial dims.
+
+    With a known channel count and image size this is a depthwise convolution of the 1x1 gradient with a
+    constant kernel, fully padded: a runtime keeps its output in the blocked layout of the convolutions
+    that follow, so the whole backward chain can stay in that layout.
+    """
     x, g = ctx.input(0), ctx.grad_output(0)
+    dims = ctx.dims(x)
+    if dims is not None and len(dims) == 4 and all(isinstance(d, int) for d in dims[1:]):
+        channels, height, width = dims[1:]
+        kernel = ctx.emit.const(np.full((channels, 1, height, width), 1.0 / (height * width)), ctx.emit.elem_type(x))
+        ctx.set_grad(0, ctx.op("Conv", g, kernel, group=channels, pads=[height - 1, width - 1] * 2,
+                               kernel_shape=[height, width]))
+        return
     ctx.set_grad(0, ctx.op("Expand", ctx.op("Mul", g, spatial_mean_factor(ctx, x, ctx.output(0))), ctx.emit.shape(x)))
 
 
