@@ -2,8 +2,9 @@
 
     python benchmarks/gradient_speed.py --arch resnet50 --size 224 --batch 8 --threads 2
 
-All three run in one process on the same weights, batch and thread count, interleaved round by round, so the
-ratios are comparable even on a noisy machine. Needs torch (export only; the harness itself never imports it).
+All run in one process on the same weights, batch and thread count, interleaved round by round (with a pause
+between calls so that no thread pool still spins when the next one starts), so the ratios are comparable even
+on a noisy machine. Needs torch (export only; the harness itself never imports it).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--exporter", default="legacy", choices=["legacy", "dynamo"])
+    parser.add_argument("--compare-layouts", action="store_true",
+                        help="also time the gradient without ORT's blocked-layout (NCHWc) optimisation")
     parser.add_argument("--profile", default=None, help="write an ORT profile of the gradient call with this prefix")
     args = parser.parse_args()
 
@@ -61,7 +64,8 @@ def main() -> None:
     grad_model = add_input_gradient(model)
     forward = session(model, args.threads)
     gradient = session(grad_model, args.threads, args.profile)
-    gradient_extended = session(grad_model, args.threads, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    gradient_extended = (session(grad_model, args.threads, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+                         if args.compare_layouts else None)
     input_name = model.graph.input[0].name
 
     rng = np.random.default_rng(0)
@@ -84,13 +88,15 @@ def main() -> None:
     def run_gradient_extended():
         gradient_extended.run(["input_grad"], {input_name: x, "grad_seed": seed})
 
-    candidates = {"ort forward": run_forward, "ort gradient": run_gradient, "ort grad (ext)": run_gradient_extended,
-                  "torch fwd+bwd": run_torch}
+    candidates = {"ort forward": run_forward, "ort gradient": run_gradient, "torch fwd+bwd": run_torch}
+    if gradient_extended is not None:
+        candidates["ort grad (ext)"] = run_gradient_extended
     for fn in candidates.values():  # warm-up
         fn()
     times = {name: [] for name in candidates}
     for _ in range(args.rounds):
         for name, fn in candidates.items():
+            time.sleep(0.3)  # let the previous candidate's threads (torch's OpenMP pool spins) go idle
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
