@@ -9,10 +9,6 @@ by relative L2 error (not elementwise: ReLU/MaxPool masks may flip under fp32 ro
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-import zlib
-from pathlib import Path
 
 import pytest
 
@@ -21,39 +17,13 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 np = pytest.importorskip("numpy")
 
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from export_scripts.architectures import TINY_ARCHITECTURES, build, calibrate_norms_  # noqa: E402
 from export_scripts.exporting import export_onnx  # noqa: E402
-
-_spec = importlib.util.find_spec("harness.gradients")
-if _spec is None or _spec.origin is None:  # absent, or a bare namespace dir without __init__.py (not written yet)
-    pytest.skip("harness.gradients is not available", allow_module_level=True)
 from harness.gradients import add_input_gradient  # noqa: E402
+from opcheck import relative_l2 as _rel_l2  # noqa: E402
+from zoo import EXPORTERS, INPUT_SIZE, NUM_CLASSES, SOFTMAX_CASE, TINY_ARCHITECTURES, build_case, seed_of  # noqa: E402
 
-NUM_CLASSES = 10
-INPUT_SIZE = (3, 32, 32)
 TOL = 1e-4
-SOFTMAX_CASE = "resnet_tiny+softmax"
-CASES = [(arch, exporter) for arch in (*TINY_ARCHITECTURES, SOFTMAX_CASE) for exporter in ("legacy", "dynamo")]
-
-
-def _seed(*parts: str) -> int:
-    return zlib.crc32("/".join(parts).encode())
-
-
-def _rel_l2(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _build(case: str):
-    arch, _, head = case.partition("+")
-    torch.manual_seed(_seed(case))
-    model = build(arch, NUM_CLASSES, softmax_head=head == "softmax")
-    return calibrate_norms_(model, INPUT_SIZE, seed=_seed(case, "norm"))
+CASES = [(arch, exporter) for arch in (*TINY_ARCHITECTURES, SOFTMAX_CASE) for exporter in EXPORTERS]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +34,7 @@ def gradient_sessions(tmp_path_factory):
 
     def get(case: str, exporter: str):
         if (case, exporter) not in cache:
-            model = _build(case)
+            model = build_case(case)
             path = export_onnx(model, root / f"{case}-{exporter}.onnx", INPUT_SIZE, exporter)
             grad_model = add_input_gradient(onnx.load(str(path)))
             assert isinstance(grad_model, onnx.ModelProto)
@@ -90,7 +60,7 @@ def test_input_gradient_matches_torch_autograd(gradient_sessions, case, exporter
     assert {i.name for i in sess.get_inputs()} == {"input", "grad_seed"}
     assert {"logits", "input_grad"} <= {o.name for o in sess.get_outputs()}
 
-    rng = np.random.default_rng(_seed(case, exporter, "data"))
+    rng = np.random.default_rng(seed_of(case, exporter, "data"))
     for n in (1, 5):
         x = rng.standard_normal((n, *INPUT_SIZE)).astype(np.float32)
         seed = rng.standard_normal((n, NUM_CLASSES)).astype(np.float32)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import zlib
-from pathlib import Path
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -13,25 +9,11 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 np = pytest.importorskip("numpy")
 
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from export_scripts.architectures import TINY_ARCHITECTURES, build, calibrate_norms_  # noqa: E402
 from export_scripts.exporting import DEFAULT_OPSET, MAX_IR_VERSION, export_onnx  # noqa: E402
+from opcheck import relative_l2 as _rel_l2  # noqa: E402
+from zoo import EXPORTERS, INPUT_SIZE, NUM_CLASSES, TINY_ARCHITECTURES, build_case, seed_of  # noqa: E402
 
-NUM_CLASSES = 10
-INPUT_SIZE = (3, 32, 32)
-CASES = [(arch, exporter) for arch in TINY_ARCHITECTURES for exporter in ("legacy", "dynamo")]
-
-
-def _seed(*parts: str) -> int:
-    return zlib.crc32("/".join(parts).encode())
-
-
-def _rel_l2(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+CASES = [(arch, exporter) for arch in TINY_ARCHITECTURES for exporter in EXPORTERS]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +24,7 @@ def exported(tmp_path_factory):
 
     def get(arch: str, exporter: str):
         if (arch, exporter) not in cache:
-            torch.manual_seed(_seed(arch))
-            model = calibrate_norms_(build(arch, NUM_CLASSES), INPUT_SIZE, seed=_seed(arch, "norm"))
+            model = build_case(arch)
             path = export_onnx(model, root / f"{arch}-{exporter}.onnx", INPUT_SIZE, exporter)
             cache[arch, exporter] = model, path
         return cache[arch, exporter]
@@ -63,7 +44,7 @@ def test_onnx_logits_match_torch(exported, arch, exporter):
     assert not proto.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")  # dynamic batch
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(_seed(arch, exporter, "x"))
+    rng = np.random.default_rng(seed_of(arch, exporter, "x"))
     for n in (1, 5):
         x = rng.standard_normal((n, *INPUT_SIZE)).astype(np.float32)
         (logits,) = sess.run(["logits"], {"input": x})
