@@ -30,6 +30,7 @@ class OpCase:
     positive: bool = False      # draw inputs in [0.5, 2] (for Log, Sqrt, Pow, ...)
     distinct: bool = False      # draw well-separated values (max pools, reductions to extrema)
     symbolic_batch: bool = False  # declare dim 0 of a single input as symbolic "N"
+    symbolic_spatial: bool = False  # declare dims 2.. of a single input as symbolic "H", "W", ...
     engine: str = "reference"   # evaluator of the float64 graphs: "reference", "ort64" or "ort32" (see check_case)
     fd_step: float = 1e-6
     fd_tolerance: float = 1e-6
@@ -81,6 +82,8 @@ def build_model(case: OpCase, dtype: int) -> tuple[onnx.ModelProto, int]:
         shape = list(active[0])
         if case.symbolic_batch:
             shape[0] = "N"
+        if case.symbolic_spatial:
+            shape[2:] = [f"S{i}" for i in range(len(shape) - 2)]
         x_info = helper.make_tensor_value_info("X", dtype, shape)
         x_shape = tuple(active[0])
     else:

@@ -456,3 +456,24 @@ def test_shape_arithmetic_gets_no_gradient_nodes():
         seed = rng.standard_normal((n, 3)).astype(np.float32)
         (grad,) = run(result, {"x": x, GRAD_SEED: seed})
         np.testing.assert_allclose(grad, (seed @ w.T).reshape(n, 1, 4, 4), rtol=1e-5, atol=1e-6)
+
+
+def test_model_with_symbolic_image_size_serves_several_sizes(tmp_path):
+    """A fully convolutional classifier exported with dynamic height and width: one gradient graph serves
+    32x32 and 40x44 inputs, and agrees with finite differences at both."""
+    from harness.gradcheck import check_gradient
+    from harness.runtime import GradientRuntime
+
+    model = onnx.load(str(DIGITS))
+    image_dims = model.graph.input[0].type.tensor_type.shape.dim
+    image_dims[2].dim_param, image_dims[3].dim_param = "height", "width"
+    path = tmp_path / "dynamic_size.onnx"
+    onnx.save(model, str(path))
+    runtime = GradientRuntime(path, use_cache=False)
+    assert runtime.signature.input_shape[2:] == (None, None)
+    rng = np.random.default_rng(0)
+    for size in [(32, 32), (40, 44)]:
+        x = rng.standard_normal((3, 1, *size)).astype(np.float32)
+        _, grads = runtime.class_gradients(x, np.array([0, 3, 7]))
+        assert grads.shape == x.shape
+        assert check_gradient(runtime, x).passed

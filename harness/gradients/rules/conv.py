@@ -9,9 +9,17 @@ from harness.gradients.registry import vjp
 
 
 def spatial_dims(ctx: VJPContext, name: str, what: str) -> list[int]:
+    dims = known_spatial_dims(ctx, name)
+    if dims is None:
+        raise UnsupportedConfiguration(f"the spatial size of the {what} must be known (got {ctx.dims(name)})")
+    return dims
+
+
+def known_spatial_dims(ctx: VJPContext, name: str) -> list[int] | None:
+    """The spatial dims of an [N, C, ...] tensor when shape inference knows them all, else None."""
     dims = ctx.dims(name)
     if dims is None or not all(isinstance(d, int) for d in dims[2:]):
-        raise UnsupportedConfiguration(f"the spatial size of the {what} must be known (got {dims})")
+        return None
     return list(dims[2:])
 
 
@@ -26,6 +34,8 @@ def window_geometry(ctx: VJPContext, kernel: list[int], input_size: list[int]):
         return strides, dilations, pads[:n], pads[n:]
     if auto_pad == "VALID":
         return strides, dilations, [0] * n, [0] * n
+    if input_size is None:
+        raise UnsupportedConfiguration(f"auto_pad={auto_pad} needs the spatial size of the input")
     begins, ends = [], []
     for size, k, s, d in zip(input_size, kernel, strides, dilations):
         out = -(-size // s)
@@ -38,19 +48,28 @@ def window_geometry(ctx: VJPContext, kernel: list[int], input_size: list[int]):
 
 def transpose_to_size(ctx: VJPContext, grad: str, weight: str, group: int, kernel, strides, dilations,
                       pad_begin, output_size, input_size) -> str:
-    """ConvTranspose of ``grad`` (spatial ``output_size``) cropped or extended to exactly ``input_size``.
+    """ConvTranspose of ``grad`` cropped or extended to exactly the input's spatial size.
 
     ConvTranspose yields ``(Lo - 1) s + d (k - 1) + 1`` positions before cropping; we crop ``pad_begin`` at the
-    start and whatever is beyond ``input_size`` at the end, or extend by ``output_padding`` (< s).
+    start and whatever is beyond ``input_size`` at the end, or extend by ``output_padding`` (< s). When the
+    sizes are only known at run time, the output is extended by s - 1 (always enough) and sliced to the
+    input's shape.
     """
-    pad_end, output_padding = [], []
-    for lo, k, s, d, pb, size in zip(output_size, kernel, strides, dilations, pad_begin, input_size):
-        end = (lo - 1) * s + d * (k - 1) + 1 - pb - size
-        pad_end.append(max(end, 0))
-        output_padding.append(max(-end, 0))
+    if output_size is not None and input_size is not None:
+        pad_end, output_padding = [], []
+        for lo, k, s, d, pb, size in zip(output_size, kernel, strides, dilations, pad_begin, input_size):
+            end = (lo - 1) * s + d * (k - 1) + 1 - pb - size
+            pad_end.append(max(end, 0))
+            output_padding.append(max(-end, 0))
+    else:
+        pad_end, output_padding = [0] * len(kernel), [s - 1 for s in strides]
     result = ctx.op("ConvTranspose", grad, weight, group=group, strides=strides, dilations=dilations,
                     pads=list(pad_begin) + pad_end,
                     output_padding=output_padding if any(output_padding) else None)
+    if output_size is None or input_size is None:
+        spatial_axes = list(range(2, 2 + len(kernel)))
+        sizes = ctx.op("Slice", ctx.emit.shape(ctx.input(0)), ctx.emit.ints([2]), ctx.emit.ints([2 + len(kernel)]))
+        result = ctx.op("Slice", result, ctx.emit.ints([0] * len(kernel)), sizes, ctx.emit.ints(spatial_axes))
     return blocked_layout_hint(ctx, result, ctx.input(0))
 
 
@@ -73,8 +92,7 @@ def blocked_layout_hint(ctx: VJPContext, grad: str, like: str) -> str:
 def conv(ctx: VJPContext) -> None:
     ctx.require_inactive(1, 2, why="gradients w.r.t. Conv weights or bias are not supported")
     x, w, y = ctx.input(0), ctx.input(1), ctx.output(0)
-    input_size = spatial_dims(ctx, x, "Conv input")
-    output_size = spatial_dims(ctx, y, "Conv output")
+    input_size, output_size = known_spatial_dims(ctx, x), known_spatial_dims(ctx, y)
     weight_dims = ctx.dims(w)
     kernel = list(ctx.attr("kernel_shape", weight_dims[2:] if weight_dims else None) or [])
     if not kernel or not all(isinstance(k, int) for k in kernel):
@@ -108,7 +126,6 @@ def conv_transpose(ctx: VJPContext) -> None:
     """y = ConvTranspose(x): dx = Conv(g) with the same weights, strides, dilations, group and pads."""
     ctx.require_inactive(1, 2, why="gradients w.r.t. ConvTranspose weights or bias are not supported")
     x, w = ctx.input(0), ctx.input(1)
-    input_size = spatial_dims(ctx, x, "ConvTranspose input")
     weight_dims = ctx.dims(w)
     kernel = list(ctx.attr("kernel_shape", weight_dims[2:] if weight_dims else None) or [])
     n = len(kernel)
@@ -118,6 +135,7 @@ def conv_transpose(ctx: VJPContext) -> None:
     auto_pad = ctx.attr("auto_pad", "NOTSET")
     output_shape = ctx.attr("output_shape")
     if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        input_size = spatial_dims(ctx, x, "ConvTranspose input")
         targets = list(output_shape)[-n:] if output_shape is not None else [s * size for s, size in
                                                                             zip(strides, input_size)]
         totals = [s * (size - 1) + op + (k - 1) * d + 1 - t for s, size, op, k, d, t in
