@@ -494,6 +494,24 @@ class VisionTransformer(nn.Module):
         return self.heads(x[:, 0])
 
 
+# --------------------------------------------------------------------------------- bundled small models
+class DigitsCNN(nn.Module):
+    """conv-BN-ReLU-maxpool x2, conv-ReLU, global average pool, linear, for 1x32x32 digits."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
 # --------------------------------------------------------------------------------------------- heads
 class SoftmaxHead(nn.Module):
     """Wrap a classifier so that it outputs probabilities (Softmax over the class axis)."""
@@ -516,6 +534,13 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "efficientnet_b0": EfficientNet,
     "convnext_tiny": ConvNeXt,
     "vit_b_16": VisionTransformer,
+    # the bundled trained models (export_scripts/train.py)
+    "digits_cnn": DigitsCNN,
+    "shapes_resnet": partial(ResNet, BasicBlock, (1, 1, 1, 1), (16, 32, 64, 128)),
+    "shapes_vgg": partial(VGG, [16, "M", 32, "M", 64, 64, "M", 128, 128, "M"], pool_size=1, hidden=128,
+                          dropout=0.2),
+    "shapes_vit": partial(VisionTransformer, image_size=64, patch_size=8, num_layers=4, num_heads=4,
+                          hidden_dim=96, mlp_dim=192),
     # tiny variants for 32x32 inputs
     "resnet_tiny": partial(ResNet, BasicBlock, (1, 1, 1, 1), (8, 16, 24, 32)),
     "resnet_bottleneck_tiny": partial(ResNet, Bottleneck, (1, 1, 1, 1), (4, 8, 12, 16)),

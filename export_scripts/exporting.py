@@ -103,21 +103,3 @@ def op_histogram(model: onnx.ModelProto | str | os.PathLike) -> dict[str, int]:
         key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
-
-
-if __name__ == "__main__":  # pragma: no cover - convenience CLI
-    import argparse
-
-    from architectures import ARCHITECTURES, build  # type: ignore[import-not-found]
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("arch", choices=sorted(ARCHITECTURES))
-    p.add_argument("output")
-    p.add_argument("--exporter", choices=sorted(DEFAULT_OPSET), default="legacy")
-    p.add_argument("--opset", type=int)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--softmax-head", action="store_true")
-    a = p.parse_args()
-    out = export_onnx(build(a.arch, a.num_classes, a.softmax_head), a.output, (3, a.size, a.size), a.exporter, a.opset)
-    print(out, op_histogram(out))

@@ -76,12 +76,14 @@ class GradientRuntime:
     """Batched logits and input gradients of one classifier under ONNX Runtime.
 
     ``model`` is a path or a ModelProto; ``output`` names the logits when the model has several outputs;
-    ``taps`` are intermediate tensors returned with their gradients.
+    ``taps`` are intermediate tensors returned with their gradients. ``layout="NHWC"`` serves a
+    channels-last model through the harness's NCHW arrays: images are transposed on the way in and input
+    gradients on the way out.
     """
 
     def __init__(self, model: onnx.ModelProto | str | Path, output: str | None = None, taps: Iterable[str] = (),
                  max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None, provider: str | None = None,
-                 use_cache: bool = True):
+                 use_cache: bool = True, layout: str = "NCHW"):
         import onnxruntime as ort
 
         from harness.onnx_io import load_model
@@ -89,6 +91,9 @@ class GradientRuntime:
         if max_batch < 1:
             raise HarnessError(f"the batch size must be at least 1 (got {max_batch})")
         source = load_model(model) if isinstance(model, (str, Path)) else model
+        if layout not in ("NCHW", "NHWC"):
+            raise HarnessError(f"layout must be NCHW or NHWC, not {layout!r}")
+        self.layout = layout
         self.max_batch = max_batch
         self.taps = tuple(dict.fromkeys(taps))
         grad_model = self._gradient_model(source, output, self.taps, use_cache)
@@ -149,7 +154,7 @@ class GradientRuntime:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits of a batch [N, ...] (computed in chunks of ``max_batch``)."""
         # Only the forward half of the gradient graph runs: ONNX Runtime computes what the outputs need.
-        return self._batched([self.signature.output_name], x, None, self.forward_session)[0]
+        return self._batched([self.signature.output_name], self._to_model(x), None, self.forward_session)[0]
 
     def gradients(self, x: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits [N, K] and the gradient of sum(seed * logits) w.r.t. x, both batched."""
@@ -161,9 +166,19 @@ class GradientRuntime:
         names = [self.signature.output_name, INPUT_GRAD]
         for tap in self.taps:
             names += [tap, f"{tap}_grad"]
-        arrays = self._batched(names, x, seed)
+        arrays = self._batched(names, self._to_model(x), seed)
         taps = {tap: (arrays[2 + 2 * i], arrays[3 + 2 * i]) for i, tap in enumerate(self.taps)}
-        return arrays[0], arrays[1], taps
+        grads = arrays[1] if self.layout == "NCHW" else np.ascontiguousarray(arrays[1].transpose(0, 3, 1, 2))
+        return arrays[0], grads, taps
+
+    def _to_model(self, x: np.ndarray) -> np.ndarray:
+        """NCHW arrays to the model's layout."""
+        if self.layout == "NCHW":
+            return x
+        x = np.asarray(x)
+        if x.ndim != 4:
+            raise HarnessError(f"an NHWC model needs images [N, C, H, W], got shape {list(x.shape)}")
+        return x.transpose(0, 2, 3, 1)
 
     def _batched(self, names: list[str], x: np.ndarray, seed: np.ndarray | None, session=None) -> list[np.ndarray]:
         """Run ``names`` over ``x`` in chunks; a model with a static batch size gets exactly that many rows

@@ -130,12 +130,14 @@ def test_inspect_text():
     result = invoke("inspect", DIGITS)
     assert result.exit_code == 0, result.output
     text = result.stdout
-    assert "input input: float32 ['N', 1, 32, 32]" in " ".join(text.split())
-    assert "output logits: float32 ['N', 10]" in " ".join(text.split())
+    assert "input input: float32 ['batch', 1, 32, 32]" in " ".join(text.split())
+    assert "output logits: float32 ['batch', 10]" in " ".join(text.split())
     assert "IR 8" in text and "'ai.onnx': 17" in text
     for entry in ("Conv:3", "Relu:3", "MaxPool:2", "GlobalAveragePool:1", "Flatten:1", "Gemm:1"):
         assert entry in text, entry
     assert "ops without gradient rules: none" in text
+    assert "model card: NCHW [1, 32, 32], mean [0.3], std [0.4], 10 classes" in text
+    assert "made_by: python export_scripts/train.py digits_cnn" in text
 
 
 def test_inspect_json():
@@ -143,12 +145,33 @@ def test_inspect_json():
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert {"inputs", "outputs", "opsets", "op_histogram", "ops_without_gradient_rules"} <= set(report)
-    assert report["inputs"] == [{"name": "input", "type": "float32", "shape": ["N", 1, 32, 32]}]
-    assert report["outputs"] == [{"name": "logits", "type": "float32", "shape": ["N", 10]}]
+    assert report["inputs"] == [{"name": "input", "type": "float32", "shape": ["batch", 1, 32, 32]}]
+    assert report["outputs"] == [{"name": "logits", "type": "float32", "shape": ["batch", 10]}]
     assert report["opsets"] == {"ai.onnx": 17}
     assert report["op_histogram"] == {"Conv": 3, "Relu": 3, "MaxPool": 2, "GlobalAveragePool": 1,
                                       "Flatten": 1, "Gemm": 1}
     assert report["ops_without_gradient_rules"] == []
+    assert report["model_card"]["labels"] == [str(d) for d in range(10)]
+    assert report["model_card"]["extras"]["accuracy"] >= 0.97
+
+
+def test_inspect_names_missing_card_facts_and_takes_them_from_options_or_a_sidecar(tmp_path):
+    path = save(two_output_model(), tmp_path / "bare.onnx")
+    text = invoke("inspect", path).stdout
+    assert "model card: the model card lacks input_name, layout, input_size, mean, std, labels" in text
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\n")
+    given = invoke("inspect", path, "--input-name", "image", "--layout", "NCHW", "--input-size", 1, 1, 4,
+                   "--mean", 0.5, "--std", 0.25, "--labels", labels, "--json")
+    assert given.exit_code == 0, given.output
+    assert json.loads(given.stdout)["model_card"]["labels"] == ["a", "b", "c", "d"]
+    (tmp_path / "bare.card.json").write_text(json.dumps(
+        {"input_name": "image", "layout": "NCHW", "input_size": [1, 1, 4], "mean": [0.5], "std": [0.25],
+         "labels_file": "labels.txt"}))
+    card = json.loads(invoke("inspect", path, "--json").stdout)["model_card"]
+    assert card["input_size"] == [1, 1, 4] and card["labels"] == ["a", "b", "c", "d"]
+    wrong = json.loads(invoke("inspect", path, "--input-name", "pixels", "--json").stdout)
+    assert wrong["model_card"] is None and "'pixels' is not an input" in wrong["model_card_problem"]
 
 
 def test_inspect_lists_ops_without_rules(tmp_path):
@@ -287,3 +310,65 @@ def test_console_script_gradgraph(harness_script, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "input_grad" in {o.name for o in onnx.load(str(out)).graph.output}
     assert proc.stderr == ""
+
+
+# -- explain ------------------------------------------------------------------------------------------------
+SHAPES_RESNET = DIGITS.parent / "shapes_resnet.onnx"
+
+
+@pytest.fixture(scope="module")
+def shape_image(tmp_path_factory):
+    from PIL import Image
+
+    from harness.data.shapes import generate_shapes
+
+    path = tmp_path_factory.mktemp("images") / "shape.png"
+    pixels = generate_shapes(1, 64, seed=5).images[0]
+    Image.fromarray((pixels.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+def test_explain_an_image_writes_the_attribution_and_a_heatmap(tmp_path, shape_image):
+    out, png = tmp_path / "z.npy", tmp_path / "z.png"
+    result = invoke("explain", "--model", SHAPES_RESNET, "--image", shape_image, "--method", "suppression",
+                    "--samples", 8, "-o", out, "--png", png)
+    assert result.exit_code == 0, result.output
+    z = np.load(out)
+    assert z.shape == (3, 64, 64) and z.dtype == np.float32 and np.isfinite(z).all() and (z >= 0).all()
+    from PIL import Image
+
+    assert Image.open(png).size == (64 + 4 + 64, 64)
+
+
+def test_explain_a_tensor_in_either_shape_gives_the_same_result(tmp_path):
+    x = np.random.default_rng(0).standard_normal((3, 64, 64)).astype(np.float32)
+    np.save(tmp_path / "x3.npy", x)
+    np.save(tmp_path / "x4.npy", x[None])
+    outs = []
+    for name in ("x3", "x4"):
+        out = tmp_path / f"{name}-z.npy"
+        result = invoke("explain", "--model", SHAPES_RESNET, "--tensor", tmp_path / f"{name}.npy", "--label", 2,
+                        "--method", "ig", "--steps", 8, "-o", out)
+        assert result.exit_code == 0, result.output
+        outs.append(np.load(out))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("problem,args,message", [
+    ("wrong shape", ("--tensor", "bad.npy"), "the model wants (C, H, W) = [3, 64, 64]"),
+    ("NaN", ("--tensor", "nan.npy"), "finite floating-point values"),
+    ("both inputs", ("--tensor", "nan.npy", "--image", "nan.npy"), "exactly one of --image and --tensor"),
+    ("unknown method", ("--tensor", "nan.npy", "--method", "magic"), "unknown method 'magic'"),
+    ("wrong parameter", ("--tensor", "nan.npy", "--method", "ig", "--p", "0.5"), "ig has no parameter p"),
+    ("corrupt image", ("--image", "bad.png"), "bad.png"),
+])
+def test_explain_rejects_bad_input_without_writing(tmp_path, problem, args, message):
+    np.save(tmp_path / "bad.npy", np.zeros((3, 32, 32), np.float32))
+    np.save(tmp_path / "nan.npy", np.full((3, 64, 64), np.nan, np.float32))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "z.npy"
+    result = invoke("explain", "--model", SHAPES_RESNET, *[tmp_path / a if a.endswith((".npy", ".png")) else a
+                                                          for a in args], "-o", out)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+    assert not out.exists()

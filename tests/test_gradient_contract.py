@@ -96,9 +96,9 @@ def test_result_keeps_signature_and_adds_seed_and_input_grad(digits, digits_grad
         assert original.name in outputs and outputs[original.name].type == original.type
 
     assert GRAD_SEED in inputs and INPUT_GRAD in outputs
-    assert dims(inputs[GRAD_SEED]) == ["N", 10]
+    assert dims(inputs[GRAD_SEED]) == ["batch", 10]
     assert inputs[GRAD_SEED].type.tensor_type.elem_type == F
-    assert dims(outputs[INPUT_GRAD]) == dims(by_name(digits.graph.input)["input"]) == ["N", 1, 32, 32]
+    assert dims(outputs[INPUT_GRAD]) == dims(by_name(digits.graph.input)["input"]) == ["batch", 1, 32, 32]
     assert outputs[INPUT_GRAD].type.tensor_type.elem_type == F
     # nothing beyond the two additions
     initializers = {t.name for t in result.graph.initializer}

@@ -1,1 +1,73 @@
-"""Benchmark data: bundled generators and loaders for users' image folders."""
+"""Benchmark data: bundled generators and loaders for users' image folders, behind one interface.
+
+``load_dataset(source, card)`` returns an :class:`ImageSet` of pixels in [0, 1] shaped for the model's card;
+``normalise(images, card.mean, card.std)`` then gives the model's input. ``source`` is a name in
+``DATASETS`` or a path (a folder with one subfolder per class, a folder of images, or a CSV of path,label).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from harness import DEFAULT_SEED
+from harness.data.base import DataError, ImageSet, black_value, match_channels, normalise
+
+__all__ = ["DATASETS", "DataError", "ImageSet", "black_value", "load_dataset", "match_channels", "normalise"]
+
+DEFAULT_COUNT = 64
+
+
+def _square_side(input_size) -> int:
+    _, height, width = input_size
+    if height != width:
+        raise DataError(f"the bundled generators make square images; the model wants {height}x{width}")
+    return int(height)
+
+
+def _shapes(variant: str) -> Callable[..., ImageSet]:
+    def load(input_size, n, seed):
+        from harness.data.shapes import generate_shapes
+
+        images = generate_shapes(n or DEFAULT_COUNT, _square_side(input_size), seed=seed, variant=variant)
+        return _with_channels(images, input_size[0])
+
+    load.__doc__ = f"Generated shapes, variant {variant!r} (harness.data.shapes)."
+    return load
+
+
+def _digits(input_size, n, seed):
+    """The held-out quarter of scikit-learn's digits under ``seed`` (the digits model's own test split)."""
+    from harness.data.digits import digits_split
+
+    images = digits_split(_square_side(input_size), seed, "test")
+    return _with_channels(images if n is None else images.subset(range(min(n, len(images)))), input_size[0])
+
+
+def _with_channels(images: ImageSet, channels: int) -> ImageSet:
+    return ImageSet(match_channels(images.images, channels), images.labels, images.names, images.label_names,
+                    images.masks, images.segments)
+
+
+DATASETS: dict[str, Callable[..., ImageSet]] = {
+    "shapes": _shapes("single"),
+    "shapes-multi": _shapes("multi"),
+    "shapes-grid": _shapes("grid"),
+    "digits": _digits,
+}
+
+
+def load_dataset(source: str | Path, card, n: int | None = None, seed: int = DEFAULT_SEED) -> ImageSet:
+    """Images for the model described by ``card`` (a :class:`harness.model_card.ModelCard`).
+
+    Generated datasets take ``n`` images (default 64) from ``seed``; folders and CSV lists give ``n`` images
+    balanced across classes, resized, cropped and converted as :mod:`harness.data.folders` documents.
+    """
+    if str(source) in DATASETS:
+        return DATASETS[str(source)](tuple(card.input_size), n, seed)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{source} is neither a bundled dataset ({', '.join(DATASETS)}) nor an existing path")
+    from harness.data.folders import load_image_folder
+
+    return load_image_folder(path, tuple(card.input_size), label_names=card.labels, limit=n)

@@ -25,3 +25,14 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, 
     order = np.random.default_rng(seed).permutation(n)
     n_test = int(round(n * test_fraction))
     return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def digits_split(size: int = 32, seed: int = 1860867, part: str = "test", test_fraction: float = 0.25):
+    """The ``train`` or ``test`` part of a seeded split of the digits, as an :class:`ImageSet`."""
+    from harness.data.base import DataError, ImageSet
+
+    if part not in ("train", "test"):
+        raise DataError(f"part must be 'train' or 'test', not {part!r}")
+    images, labels = load_digits_images(size)
+    index = split_indices(len(images), test_fraction, seed)[part == "test"]
+    return ImageSet(images[index], labels[index], tuple(f"digits-{i}" for i in index), DIGIT_LABELS)

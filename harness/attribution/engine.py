@@ -1,0 +1,134 @@
+"""The attribution engine: samples of many images and classes share batched runtime calls.
+
+``attribute(runtime, x, targets, method, context)`` computes, for every image i and class k of
+``targets[i]``, z = Σ_s contribution(∇f_k(x̂_s), Δ_s) (divided by S for the means) over the samples x̂_s that
+``method.sampler`` draws for image i. The samples of an image are drawn once and shared by all its classes
+(paired, which attribution distributions need). Rows (image, sample, class) from several images are packed
+into runtime calls of at most ``runtime.max_batch`` rows, and at most ``group_rows`` rows are held in memory.
+
+Determinism: the draws of an image come from ``default_rng([seed, crc32(image bytes)])``, so the same image
+gets the same samples whatever the batch size, its position in the call, or the other images.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness import DEFAULT_SEED
+from harness.attribution.aggregators import Aggregator, get_aggregator
+from harness.attribution.samplers import Context, Sampler, SamplingError
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class Method:
+    """A sampler, an aggregator and the optional × input multiplier, under a display name."""
+
+    name: str
+    sampler: Sampler
+    aggregator: str
+    times_input: bool = False
+
+    def __post_init__(self):
+        aggregator = get_aggregator(self.aggregator)
+        if aggregator.needs_path and not self.sampler.is_path:
+            raise SamplingError(f"the {aggregator.name} aggregator needs a path sampler (linear, guided, blur, "
+                                f"expected), not {self.sampler.name}")
+        if aggregator.on_layer and self.sampler.adaptive:
+            raise SamplingError(f"{aggregator.name} cannot follow the adaptive {self.sampler.name} path")
+        if self.sampler.adaptive and aggregator.name != "path":
+            raise SamplingError(f"{self.sampler.name} builds its path while it walks; only the path aggregator "
+                                "applies to it")
+
+
+def image_rng(seed: int, image: np.ndarray) -> np.random.Generator:
+    """The generator of one image's draws: from the seed and the image's bytes (position independent)."""
+    return np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(image).tobytes())])
+
+
+def attribute(runtime, x: np.ndarray, targets: np.ndarray, method: Method, context: Context,
+              seed: int = DEFAULT_SEED, group_rows: int | None = None, progress=None) -> np.ndarray:
+    """Attributions [N, K, C, H, W] (float32) of images ``x`` [N, C, H, W] (model-input space) for the
+    classes ``targets`` [N, K]; Grad-CAM gives one channel, [N, K, 1, H, W]."""
+    x = np.asarray(x, np.float32)
+    targets = np.asarray(targets, np.int64)
+    if x.ndim != 4 or targets.ndim != 2 or len(targets) != len(x):
+        raise HarnessError(f"attribute needs images [N, C, H, W] and targets [N, K]; got {x.shape} and "
+                           f"{targets.shape}")
+    if get_aggregator(method.aggregator).on_layer:
+        from harness.attribution.gradcam import grad_cam
+
+        result = grad_cam(runtime, x, targets, method.sampler, context, seed)
+    elif method.sampler.adaptive:
+        result = _adaptive(runtime, x, targets, method, context, seed)
+    else:
+        result = _sampled(runtime, x, targets, method, context, seed, group_rows, progress)
+    if method.times_input:
+        result *= x[:, None]
+    return result
+
+
+def _sampled(runtime, x, targets, method, context, seed, group_rows, progress) -> np.ndarray:
+    sampler, aggregator = method.sampler, get_aggregator(method.aggregator)
+    n, k = targets.shape
+    per_image = sampler.count * k
+    group_rows = max(group_rows or 8 * runtime.max_batch, per_image)
+    result = np.zeros((n, k, *x.shape[1:]), np.float32)
+    start = 0
+    while start < n:
+        stop = min(n, start + max(1, group_rows // per_image))
+        _attribute_group(runtime, x, targets, sampler, aggregator, context, seed, start, stop, result)
+        if progress is not None:
+            progress.update(stop - start)
+        start = stop
+    if aggregator.is_mean:
+        result /= sampler.count
+    return result
+
+
+def _attribute_group(runtime, x, targets, sampler: Sampler, aggregator: Aggregator, context, seed,
+                     start: int, stop: int, result: np.ndarray) -> None:
+    """Draw the samples of images start..stop-1, run their rows in full batches, add into ``result``."""
+    drawn = [sampler.draw(x[i], image_rng(seed, x[i]), context) for i in range(start, stop)]
+    points = np.concatenate([d.points for d in drawn]).astype(np.float32, copy=False)
+    deltas = np.concatenate([d.deltas for d in drawn]) if aggregator.needs_path else None
+    k, s = targets.shape[1], sampler.count
+    # Row r = (image, sample, class), class fastest: the same sample point serves all classes of its image.
+    local_image = np.repeat(np.arange(stop - start), s * k)
+    point_index = np.repeat(np.arange(len(points)), k)
+    class_slot = np.tile(np.arange(k), len(points))
+    classes = targets[start:stop][local_image, class_slot]
+    pair = local_image * k + class_slot
+    flat = result.reshape(len(result) * k, -1)
+    for lo in range(0, len(point_index), runtime.max_batch):
+        rows = slice(lo, lo + runtime.max_batch)
+        # With one class per image the rows are the points themselves: slice (a view), don't gather.
+        take = rows if k == 1 else point_index[rows]
+        _, grads = runtime.class_gradients(points[take], classes[rows])
+        contribution = aggregator.contribution(grads, None if deltas is None else deltas[take])
+        # Sum rows per (image, class) with one small matrix product instead of np.add.at.
+        pairs, inverse = np.unique(pair[rows], return_inverse=True)
+        membership = (inverse[None, :] == np.arange(len(pairs))[:, None]).astype(np.float32)
+        flat[start * k + pairs] += membership @ contribution.reshape(len(inverse), -1)
+
+
+def _adaptive(runtime, x, targets, method, context, seed) -> np.ndarray:
+    """Guided IG: one walk per (image, class), all walks advancing together, one runtime call per step."""
+    from harness.attribution.samplers import make_baseline
+
+    n, k = targets.shape
+    flat_x = np.repeat(x, k, axis=0)
+    flat_classes = targets.reshape(-1)
+    baselines = np.stack([make_baseline(method.sampler.baseline, x[i], image_rng(seed, x[i]), context)
+                          for i in range(n)])
+    flat_baselines = np.repeat(baselines, k, axis=0)
+
+    def grad_fn(points: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        classes = flat_classes if rows is None else flat_classes[rows]
+        return runtime.class_gradients(points.astype(np.float32, copy=False), classes)[1]
+
+    attributions = method.sampler.walk(flat_x, flat_baselines, grad_fn)
+    return attributions.astype(np.float32).reshape(n, k, *x.shape[1:])

@@ -1,0 +1,79 @@
+"""Named methods and free combinations: ``vanilla`` ... ``expected-gradients``, or ``SAMPLER+AGGREGATOR``
+(e.g. ``linear+abs-mean``: IG's sampling distribution with the paper's E|∇f| building block), which is how
+the main paper compares sampling distributions on an equal footing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+from harness.attribution.aggregators import AGGREGATORS
+from harness.attribution.engine import Method
+from harness.attribution.samplers import SAMPLERS, SamplingError
+
+
+@dataclass(frozen=True)
+class NamedMethod:
+    sampler: str
+    aggregator: str
+    description: str
+    defaults: tuple = ()   # (parameter, value) pairs that differ from the sampler's own defaults
+
+
+NAMED_METHODS: dict[str, NamedMethod] = {
+    "vanilla": NamedMethod("point", "mean", "the gradient at x (Simonyan et al. 2014)"),
+    "smoothgrad": NamedMethod("normal", "mean", "mean gradient under Gaussian noise, level 0.15 (Smilkov 2017)"),
+    "ig": NamedMethod("linear", "path", "Integrated Gradients from a black baseline (Sundararajan 2017)"),
+    "guided-ig": NamedMethod("guided", "path", "Guided Integrated Gradients (Kapishnikov et al. 2021)"),
+    "suppression": NamedMethod("suppression", "abs-mean", "E|∇f| under feature suppression, p = 0.7 "
+                               "(Sampling Matters in Explanations, section 4.1)"),
+    "blur-ig": NamedMethod("blur", "path", "Blur Integrated Gradients (Xu et al. 2020)"),
+    "expected-gradients": NamedMethod("expected", "path", "baselines drawn from data (Erion et al. 2021)"),
+    "grad-cam": NamedMethod("point", "grad-cam", "Grad-CAM on a tapped layer (Selvaraju et al. 2017)"),
+}
+
+
+def method_names() -> list[str]:
+    return list(NAMED_METHODS)
+
+
+def get_method(name: str, times_input: bool = False, **parameters) -> Method:
+    """The method ``name`` (named, or ``sampler+aggregator``) with sampler ``parameters`` overriding its
+    defaults; parameters set to None are ignored, and ones the sampler does not have are an error."""
+    if name in NAMED_METHODS:
+        named = NAMED_METHODS[name]
+        sampler_name, aggregator, base = named.sampler, named.aggregator, dict(named.defaults)
+    elif "+" in name:
+        sampler_name, _, aggregator = name.partition("+")
+        base = {}
+    else:
+        raise SamplingError(f"unknown method {name!r}; known: {', '.join(NAMED_METHODS)}, or SAMPLER+AGGREGATOR "
+                            f"with samplers {', '.join(SAMPLERS)} and aggregators {', '.join(AGGREGATORS)}")
+    if sampler_name not in SAMPLERS:
+        raise SamplingError(f"unknown sampler {sampler_name!r}; known: {', '.join(SAMPLERS)}")
+    if aggregator not in AGGREGATORS:
+        raise SamplingError(f"unknown aggregator {aggregator!r}; known: {', '.join(AGGREGATORS)}")
+    cls = SAMPLERS[sampler_name]
+    allowed = {f.name for f in fields(cls)}
+    given = {k: v for k, v in parameters.items() if v is not None}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise SamplingError(f"{name} has no parameter {', '.join(unknown)} (its sampler {sampler_name} takes "
+                            f"{', '.join(sorted(allowed)) or 'none'})")
+    sampler = cls(**{**base, **given})
+    label = name + ("×input" if times_input else "")
+    return Method(label, sampler, aggregator, times_input)
+
+
+def with_parameters(method: Method, **parameters) -> Method:
+    """``method`` with some sampler parameters replaced."""
+    return replace(method, sampler=replace(method.sampler, **parameters))
+
+
+def describe(method: Method) -> dict:
+    """A JSON-able description: name, sampler with every parameter, aggregator, × input."""
+    params = {f.name: getattr(method.sampler, f.name) for f in fields(method.sampler)}
+    params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in params.items()}
+    return {"name": method.name, "sampler": method.sampler.name, "parameters": params,
+            "aggregator": method.aggregator, "times_input": method.times_input}
