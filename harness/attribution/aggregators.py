@@ -26,9 +26,11 @@ class Aggregator:
 
 
 AGGREGATORS: dict[str, Aggregator] = {a.name: a for a in (
-    Aggregator("abs-mean", lambda g, d: np.abs(g), description="E|∇f|, the paper's building block"),
+    # Gradients arrive in arrays the engine owns, so the elementwise maps work in place.
+    Aggregator("abs-mean", lambda g, d: np.abs(g, out=g), description="E|∇f|, the paper's building block"),
     Aggregator("mean", lambda g, d: g, description="E[∇f] (SmoothGrad)"),
-    Aggregator("square-mean", lambda g, d: g * g, description="E[∇f²] (PAIR's SmoothGrad magnitude)"),
+    Aggregator("square-mean", lambda g, d: np.square(g, out=g),
+               description="E[∇f²] (PAIR's SmoothGrad magnitude)"),
     Aggregator("path", lambda g, d: g * d, is_mean=False, needs_path=True,
                description="Σ ∇f · Δx along a path (IG, Guided IG, Blur IG, Expected Gradients)"),
     Aggregator("grad-cam", None, on_layer=True,

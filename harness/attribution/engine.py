@@ -77,10 +77,14 @@ def _sampled(runtime, x, targets, method, context, seed, group_rows, progress) -
     per_image = sampler.count * k
     group_rows = max(group_rows or 8 * runtime.max_batch, per_image)
     result = np.zeros((n, k, *x.shape[1:]), np.float32)
+    images_per_group = max(1, group_rows // per_image)
+    # Samplers that can write in place fill one buffer reused by every group (no concatenation, no fresh pages).
+    buffer = (np.empty((min(n, images_per_group) * sampler.count, *x.shape[1:]), np.float32)
+              if hasattr(sampler, "draw_into") and not aggregator.needs_path else None)
     start = 0
     while start < n:
-        stop = min(n, start + max(1, group_rows // per_image))
-        _attribute_group(runtime, x, targets, sampler, aggregator, context, seed, start, stop, result)
+        stop = min(n, start + images_per_group)
+        _attribute_group(runtime, x, targets, sampler, aggregator, context, seed, start, stop, result, buffer)
         if progress is not None:
             progress.update(stop - start)
         start = stop
@@ -90,12 +94,18 @@ def _sampled(runtime, x, targets, method, context, seed, group_rows, progress) -
 
 
 def _attribute_group(runtime, x, targets, sampler: Sampler, aggregator: Aggregator, context, seed,
-                     start: int, stop: int, result: np.ndarray) -> None:
+                     start: int, stop: int, result: np.ndarray, buffer: np.ndarray | None) -> None:
     """Draw the samples of images start..stop-1, run their rows in full batches, add into ``result``."""
-    drawn = [sampler.draw(x[i], image_rng(seed, x[i]), context) for i in range(start, stop)]
-    points = np.concatenate([d.points for d in drawn]).astype(np.float32, copy=False)
-    deltas = np.concatenate([d.deltas for d in drawn]) if aggregator.needs_path else None
     k, s = targets.shape[1], sampler.count
+    deltas = None
+    if buffer is not None:
+        points = buffer[: (stop - start) * s]
+        for j, i in enumerate(range(start, stop)):
+            sampler.draw_into(x[i], image_rng(seed, x[i]), context, points[j * s:(j + 1) * s])
+    else:
+        drawn = [sampler.draw(x[i], image_rng(seed, x[i]), context) for i in range(start, stop)]
+        points = np.concatenate([d.points for d in drawn]).astype(np.float32, copy=False)
+        deltas = np.concatenate([d.deltas for d in drawn]) if aggregator.needs_path else None
     # Row r = (image, sample, class), class fastest: the same sample point serves all classes of its image.
     local_image = np.repeat(np.arange(stop - start), s * k)
     point_index = np.repeat(np.arange(len(points)), k)

@@ -81,6 +81,9 @@ class Point(Sampler):
     def draw(self, x, rng, context):
         return Samples(x[None])
 
+    def draw_into(self, x, rng, context, out):
+        out[0] = x
+
 
 @register
 @dataclass(frozen=True)
@@ -96,9 +99,15 @@ class Normal(Sampler):
         return self.samples
 
     def draw(self, x, rng, context):
-        sigma = self.level * float(x.max() - x.min())
-        noise = rng.standard_normal((self.samples, *x.shape), dtype=np.float32) * np.float32(sigma)
-        return Samples(x[None] + noise)
+        out = np.empty((self.samples, *x.shape), np.float32)
+        self.draw_into(x, rng, context, out)
+        return Samples(out)
+
+    def draw_into(self, x, rng, context, out):
+        """Write the samples into ``out`` [S, C, H, W] (the engine's reused buffer: no extra copy)."""
+        rng.standard_normal(out.shape, dtype=np.float32, out=out)
+        out *= np.float32(self.level * float(x.max() - x.min()))
+        out += x
 
 
 @register
@@ -125,9 +134,20 @@ class Suppression(Sampler):
         return self.samples
 
     def draw(self, x, rng, context):
-        dropped = rng.random((self.samples, 1, *x.shape[1:]), dtype=np.float32) < self.p
+        out = np.empty((self.samples, *x.shape), np.float32)
+        self.draw_into(x, rng, context, out)
+        return Samples(out)
+
+    def draw_into(self, x, rng, context, out):
+        """Write the samples into ``out`` [S, C, H, W]. Pixels are dropped where a uniform 16-bit draw falls
+        below round(p · 65536), so p is applied to within 1/65536."""
         fill = context.black if self.fill == "black" else np.zeros_like(context.black)
-        return Samples(np.where(dropped, fill[None].astype(x.dtype), x[None]))
+        threshold = int(round(self.p * 65536))
+        draws = rng.integers(0, 65536, (self.samples, 1, *x.shape[1:]), dtype=np.uint16)
+        dropped = draws < threshold if threshold < 65536 else np.ones(draws.shape, bool)
+        # x · keep + fill · drop: exact (x · 1 + 0 is x), and measured 3x faster than np.where / copyto.
+        np.multiply(~dropped, x[None], out=out)
+        out += dropped * fill[None].astype(np.float32, copy=False)
 
 
 RIEMANN_RULES = ("left", "right", "middle", "trapezoid", "inclusive")
