@@ -53,9 +53,18 @@ def run() -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="harness")
 @click.option("--quiet", is_flag=True, help="Only print results and errors.")
-def main(quiet: bool) -> None:
+@click.pass_context
+def main(context: click.Context, quiet: bool) -> None:
     """Evaluate gradient-based explanations of ONNX image classifiers."""
+    context.ensure_object(dict)["quiet"] = quiet
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="harness: %(message)s")
+
+
+def _quiet(own_flag: bool) -> bool:
+    """A command's own --quiet, or the group's."""
+    context = click.get_current_context(silent=True)
+    root = context.find_root().obj if context is not None else None
+    return own_flag or bool((root or {}).get("quiet"))
 
 
 @main.command()
@@ -271,17 +280,163 @@ def _load_tensor(path: str, input_size) -> "np.ndarray":
     return x.astype(np.float32)
 
 
+def run_options(command):
+    """Options shared by leaderboard and experiment; they mirror the keys of a run.toml."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                     help="A TOML file whose keys mirror these options (the command line wins)."),
+        click.option("--models", multiple=True, help="Model files (repeatable; default: every bundled model)."),
+        click.option("--dataset", default=None,
+                     help="shapes, shapes-multi, shapes-grid, digits, a folder or a CSV (default: each model's own)."),
+        click.option("--images", type=click.IntRange(min=1), default=None, help="Images per model (default 16)."),
+        click.option("--seed", type=int, default=None, help=f"Seed of every random draw (default {DEFAULT_SEED})."),
+        click.option("--out", default=None, help="Run directory (default reports/run)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Largest runtime batch."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option("--model", "model", default=None, type=click.Path(dir_okay=False),
-              help="Model to run on (default: the bundled digits CNN).")
-@click.option("--seed", default=DEFAULT_SEED, help="Seed of every random draw.")
+@run_options
+@click.option("--methods", multiple=True, help="Methods (repeatable; default: every named method).")
+@click.option("--metrics", multiple=True, help="Metrics (repeatable; default: all that apply).")
 @user_errors
-def demo(model, seed):
-    """The main job on the bundled default: build its gradient graph and check it against finite differences."""
-    path = Path(model) if model else BUNDLED_DEFAULT
-    result = _gradient_check(path, 8, 8, 5e-2, None, seed)
-    _print_check(path.name, result, as_json=False)
-    sys.exit(0 if result.passed else 1)
+def leaderboard(config_file, models, dataset, images, seed, out, batch_size, quiet, methods, metrics):
+    """Run models x methods x images x metrics into OUT's results store (resumable), then write the reports."""
+    from harness.leaderboard import RunConfig, run_leaderboard
+    from harness.report import write_report
+
+    config = RunConfig.load(config_file, models=list(models) or None, methods=list(methods) or None,
+                            metrics=list(metrics) or None, dataset=dataset, images=images, seed=seed, out=out,
+                            batch_size=batch_size)
+    run_dir = run_leaderboard(config, quiet=_quiet(quiet))
+    report = write_report(run_dir)
+    click.echo(f"{len(config.models)} models x {len(config.methods)} methods x {config.images} images: "
+               f"report {report}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@user_errors
+def report(run_dir):
+    """Re-render RUN_DIR's reports (Markdown, HTML, CSV, JSON, figures) from its results store alone."""
+    from harness.report import write_report
+
+    click.echo(f"report {write_report(run_dir)}")
+
+
+@main.command()
+@click.argument("name")
+@run_options
+@user_errors
+def experiment(name, config_file, models, dataset, images, seed, out, batch_size, quiet):
+    """Run one of the papers' experiments (p-sweep, ...): its figure and its CSV go into OUT/experiments."""
+    from harness.experiments import get_experiment
+    from harness.leaderboard import RunConfig
+
+    run = get_experiment(name)
+    config = RunConfig.load(config_file, models=list(models) or None, dataset=dataset, images=images, seed=seed,
+                            out=out, batch_size=batch_size)
+    written = run(config, quiet=_quiet(quiet))
+    click.echo(f"{name}: wrote " + ", ".join(str(p) for p in written))
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--images", "images", required=True, type=click.Path(),
+              help="A folder of images (one subfolder per class, or unlabelled), or a CSV of path,label.")
+@click.option("--count", default=8, type=click.IntRange(min=1), help="How many images to audit with.")
+@click.option("--out", default=None, help="Report folder (default reports/audit-<model>).")
+@click.option("--seed", default=DEFAULT_SEED, help="Seed of every random draw.")
+@card_options
+@user_errors
+def audit(model, images, count, out, seed, **card_facts):
+    """Audit a deployed MODEL: model card, gradient graph vs finite differences, explanation certainty per
+    method, randomisation sanity checks; one HTML report with a verdict per check. Exit 1 when a check fails."""
+    from harness.audit import run_audit
+
+    facts = {"input_name": card_facts["input_name"], "layout": card_facts["layout"],
+             "input_size": list(card_facts["input_size"]) if card_facts["input_size"] else None,
+             "mean": list(card_facts["mean"]) or None, "std": list(card_facts["std"]) or None,
+             "labels_file": str(Path(card_facts["labels_file"]).resolve()) if card_facts["labels_file"] else None,
+             "card_file": card_facts["card_file"]}
+    report, checks = run_audit(model, images, out or Path("reports") / f"audit-{Path(model).stem}", facts,
+                               count=count, seed=seed)
+    for check in checks:
+        click.echo(f"{check.verdict:8} {check.name}: {check.detail}")
+    click.echo(f"report {report}")
+    sys.exit(1 if any(c.verdict == "FAIL" for c in checks) else 0)
+
+
+@main.command("mi")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("explanation", type=click.Path(dir_okay=False))
+@click.option("--estimator", default="ksg-rank", type=click.Choice(["ksg-rank", "ksg", "histogram"]),
+              help="ksg-rank: KSG (k=3) on ranks; ksg: scikit-learn's; histogram: equal-frequency, Miller-Madow.")
+@click.option("--signed", is_flag=True, help="Pair x with z itself instead of |z|.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@user_errors
+def mutual_information_command(image, explanation, estimator, signed, as_json):
+    """Print the mutual information I(x; z) in nats between IMAGE and EXPLANATION (.npy arrays (C, H, W);
+    the explanation may have one channel)."""
+    import numpy as np
+
+    from harness.metrics.certainty import mutual_information
+
+    arrays = []
+    for path in (image, explanation):
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as error:
+            raise HarnessError(f"{path} is not a readable .npy array ({error})") from None
+    x, z = (a[0] if a.ndim == 4 and a.shape[0] == 1 else a for a in arrays)
+    if x.ndim != 3 or z.ndim != 3 or z.shape[1:] != x.shape[1:] or z.shape[0] not in (1, x.shape[0]):
+        raise HarnessError(f"the arrays must be (C, H, W) and (C or 1, H, W) of the same H, W; got "
+                           f"{list(x.shape)} and {list(z.shape)}")
+    value = mutual_information(x, z, estimator, absolute=not signed)
+    if as_json:
+        click.echo(json.dumps({"mi_nats": value, "estimator": estimator, "n": int(x.size)}))
+    else:
+        click.echo(f"{value:.6f} nats ({estimator}, {x.size} pixel pairs)")
+
+
+DEMO_OUT = Path("reports") / "demo"
+# Every named method, plus the main paper's comparison of sampling distributions under one building block,
+# E|∇f| (abs-mean): the gradient alone, noise, the straight path, and suppression.
+DEMO_EXPERIMENTS = ("p-sweep", "alignment", "augmentation", "dropping")
+DEMO_METHODS = ("vanilla", "smoothgrad", "ig", "guided-ig", "suppression", "blur-ig", "expected-gradients",
+                "point+abs-mean", "normal+abs-mean", "linear+abs-mean")
+
+
+@main.command()
+@click.option("--out", default=str(DEMO_OUT), help="Run directory.")
+@click.option("--images", type=click.IntRange(min=1), default=12, help="Images per model.")
+@click.option("--seed", default=DEFAULT_SEED, help="Seed of every random draw.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def demo(out, images, seed, quiet):
+    """The main job on the bundled models: check the default's gradient graph against finite differences,
+    run a leaderboard of every named method on generated data, run the papers' experiments, write the report."""
+    from harness.experiments import get_experiment
+    from harness.leaderboard import RunConfig, run_leaderboard
+    from harness.report import write_report
+
+    check = _gradient_check(BUNDLED_DEFAULT, 8, 8, 5e-2, None, seed)
+    _print_check(BUNDLED_DEFAULT.name, check, as_json=False)
+    if not check.passed:
+        sys.exit(1)
+    config = RunConfig.load(None, images=images, seed=seed, out=out, methods=list(DEMO_METHODS))
+    run_leaderboard(config, quiet=_quiet(quiet))
+    shapes = RunConfig.load(None, images=max(4, images // 2), seed=seed, out=out,
+                            models=[m for m in config.models if "shapes" in Path(m).stem])
+    for name in DEMO_EXPERIMENTS:
+        get_experiment(name)(shapes, quiet=_quiet(quiet))
+    report = write_report(out)
+    click.echo(f"leaderboard of {len(config.methods)} methods on {len(config.models)} bundled models x {images} "
+               f"images, and the experiments {', '.join(DEMO_EXPERIMENTS)}: {report}")
 
 
 def _gradient_check(path: Path, images: int, directions: int, tolerance: float, output, seed: int):

@@ -50,6 +50,9 @@ def write_atomically(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # as a plain open() would create it, not mkstemp's 0600
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)

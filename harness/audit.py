@@ -1,0 +1,192 @@
+"""Audits of a deployed ONNX artifact: for someone who holds only the model file and some images.
+
+Each check ends with a verdict — PASS, WARN, FAIL, INFO (a measurement without a threshold) or SKIPPED (an
+earlier failure made it impossible) — and a sentence saying why. The report is one self-contained HTML page.
+
+1. model card: every fact the harness needs is present and consistent;
+2. images: how many of the given files load (the rest are named);
+3. gradient graph: the input gradient agrees with finite differences of the model on the audit images;
+4. explanation certainty: MI between image and explanation per method, normalised to IG's;
+5. parameter randomisation (Adebayo et al. 2018): explanations of a fully randomised model must differ;
+6. random logit: the explanation of another class must differ from the target's.
+"""
+
+from __future__ import annotations
+
+import html
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness import DEFAULT_SEED
+from harness.onnx_io import write_atomically
+
+AUDIT_METHODS = ("vanilla", "smoothgrad", "ig", "suppression")
+SANITY_METHODS = ("vanilla", "suppression")
+SIMILARITY_LIMIT = 0.5        # SSIM to the randomised model's explanations at or above which a method is flagged
+LOGIT_SIMILARITY_LIMIT = 0.9  # SSIM to a random other class's explanation at or above which a method is flagged
+
+
+@dataclass
+class Check:
+    name: str
+    verdict: str
+    detail: str
+    table: list = field(default_factory=list)
+
+
+def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_facts: dict | None = None,
+              count: int = 8, seed: int = DEFAULT_SEED, methods=AUDIT_METHODS) -> tuple[Path, list[Check]]:
+    """Run every check on ``model_path`` with up to ``count`` images from ``images``; write
+    ``<out>/audit.html``. Returns the report's path and the checks."""
+    from harness.model_card import ModelCardError, read_card
+    from harness.onnx_io import load_model
+
+    proto = load_model(model_path)
+    checks: list[Check] = []
+    try:
+        card = read_card(proto, model_path=model_path, sidecar=(card_facts or {}).pop("card_file", None),
+                         overrides=card_facts)
+        checks.append(Check("model card", "PASS", f"{card.layout} {list(card.input_size)}, {card.num_classes} "
+                            f"classes, mean {list(card.mean)}, std {list(card.std)}"))
+    except ModelCardError as error:
+        checks.append(Check("model card", "FAIL", str(error)))
+        return _write(out, model_path, checks + _skipped("the model card is incomplete")), checks
+
+    data, skipped = _load_images(images, card, count)
+    checks.append(Check("images", "PASS" if not skipped else "WARN",
+                        f"{len(data)} images loaded" + (f"; skipped: {'; '.join(skipped)}" if skipped else "")))
+    from harness.attribution import Context
+    from harness.data import normalise
+    from harness.runtime import GradientRuntime
+
+    x = normalise(data.images, card.mean, card.std)
+    runtime = GradientRuntime(proto, layout=card.layout)
+    predicted = runtime.forward(x).argmax(axis=1)
+    labels = np.where(data.labels >= 0, data.labels, predicted)
+    if (data.labels >= 0).any():
+        known = data.labels >= 0
+        accuracy = float((predicted[known] == data.labels[known]).mean())
+        checks.append(Check("accuracy", "INFO", f"top-1 {accuracy:.1%} on the {int(known.sum())} labelled images"))
+    checks.append(_gradient_check(runtime, x, labels, seed))
+    context = Context.from_card(card, references=x)
+    checks.append(_certainty(runtime, x, labels, context, seed, methods))
+    checks += _sanity(proto, runtime, x, labels, context, seed)
+    return _write(out, model_path, checks), checks
+
+
+def _skipped(reason: str) -> list[Check]:
+    return [Check(name, "SKIPPED", reason) for name in
+            ("images", "gradient graph", "explanation certainty", "parameter randomisation", "random logit")]
+
+
+def _load_images(images, card, count):
+    from harness.data import load_dataset
+    from harness.data.folders import DataWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        data = load_dataset(images, card, n=count)
+    skipped = [str(w.message) for w in caught if issubclass(w.category, DataWarning)
+               and str(w.message).startswith("skipped ") and " unusable " not in str(w.message)]
+    return data, skipped
+
+
+GRADCHECK_NOISE = 0.05   # std (model-input units) of the noise added to the audit images before the check
+
+
+def _gradient_check(runtime, x, labels, seed) -> Check:
+    """Finite differences at points near the audit images: flat image regions tie the values in max-pooling
+    windows, where the network is not differentiable and finite differences disagree with any gradient, so a
+    little noise (std 0.05 in model-input units) breaks the ties first."""
+    from harness.gradcheck import check_gradient
+
+    near = x[:4] + GRADCHECK_NOISE * np.random.default_rng(seed).standard_normal(x[:4].shape).astype(np.float32)
+    result = check_gradient(runtime, near, classes=labels[:4], seed=seed)
+    return Check("gradient graph", "PASS" if result.passed else "FAIL",
+                 f"relative L2 error {result.relative_error:.2e} against central finite differences "
+                 f"(tolerance {result.tolerance:.0e}), cosine {result.cosine:.6f}, at {result.images} points "
+                 f"near the audit images (noise std {GRADCHECK_NOISE})")
+
+
+def _certainty(runtime, x, labels, context, seed, methods) -> Check:
+    from harness.attribution import explain
+    from harness.metrics import get_metric
+
+    mi = get_metric("mi")
+    means = {m: float(np.nanmean(mi(images=x, attributions=explain(runtime, x, m, labels=labels, context=context,
+                                                                  seed=seed)))) for m in methods}
+    reference = means.get("ig")
+    table = [{"method": m, "mi (nats)": f"{v:.4f}",
+              "mi / ig": f"{v / reference:.3f}" if reference else "–"} for m, v in means.items()]
+    best = max(means, key=means.get)
+    return Check("explanation certainty", "INFO", f"highest mutual information: {best}", table)
+
+
+def _sanity(proto, runtime, x, labels, context, seed) -> list[Check]:
+    """Parameter randomisation (every parameterised layer re-drawn at once, Adebayo et al. 2018) and the random-
+    logit check, for each sanity method; similarity by SSIM of the min-max scaled |maps|."""
+    from harness.attribution import explain
+    from harness.metrics.randomisation import (parameterised_layers, random_logit_attributions, randomise_layers,
+                                               similarity)
+    from harness.runtime import GradientRuntime
+
+    randomised = GradientRuntime(randomise_layers(proto, parameterised_layers(proto), seed), use_cache=False,
+                                 layout=runtime.layout)
+    parameter_rows, logit_rows = [], []
+    for method in SANITY_METHODS:
+        trained = explain(runtime, x, method, labels=labels, context=context, seed=seed)
+        random = explain(randomised, x, method, labels=labels, context=context, seed=seed)
+        scores = similarity(trained, random, ("spearman", "ssim"))
+        parameter_rows.append({"method": method, "spearman": f"{np.nanmean(scores['spearman']):.3f}",
+                               "ssim": float(np.nanmean(scores["ssim"]))})
+        other, _ = random_logit_attributions(runtime, x, labels, method, context, seed)
+        logit_rows.append({"method": method, "ssim": float(np.nanmean(similarity(trained, other, ("ssim",))["ssim"]))})
+    checks = []
+    for name, rows, limit, what in (
+            ("parameter randomisation", parameter_rows, SIMILARITY_LIMIT,
+             "explanations of the fully randomised model"),
+            ("random logit", logit_rows, LOGIT_SIMILARITY_LIMIT, "explanations of a random other class")):
+        failing = [r["method"] for r in rows if not r["ssim"] < limit]
+        verdict = "PASS" if not failing else "WARN"
+        detail = (f"{what} differ from the original (SSIM < {limit}) for every method" if not failing
+                  else f"{what} stay similar (SSIM ≥ {limit}) for {', '.join(failing)}")
+        checks.append(Check(name, verdict, detail, [{**r, "ssim": f"{r['ssim']:.3f}"} for r in rows]))
+    return checks
+
+
+def _write(out, model_path, checks: list[Check]) -> Path:
+    colours = {"PASS": "#1a7f37", "FAIL": "#cf222e", "WARN": "#9a6700", "INFO": "#0969da", "SKIPPED": "#6e7781"}
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Audit of {html.escape(Path(model_path).name)}"
+             "</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px}.v{font-weight:bold;color:white;padding:2px 6px;"
+             "border-radius:3px}</style></head><body>",
+             f"<h1>Audit of {html.escape(Path(model_path).name)}</h1><table><tr><th>check</th><th>verdict</th>"
+             "<th>detail</th></tr>"]
+    for check in checks:
+        parts.append(f"<tr><td>{html.escape(check.name)}</td><td><span class='v' style='background:"
+                     f"{colours.get(check.verdict, '#333')}'>{check.verdict}</span></td>"
+                     f"<td>{html.escape(check.detail)}</td></tr>")
+    parts.append("</table>")
+    for check in checks:
+        if check.table:
+            columns = list(check.table[0])
+            parts.append(f"<h2>{html.escape(check.name)}</h2><table><tr>"
+                         + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{html.escape(str(row[c]))}</td>" for c in columns) + "</tr>"
+                      for row in check.table]
+            parts.append("</table>")
+    parts.append("</body></html>")
+    path = Path(out) / "audit.html"
+    write_atomically(path, "".join(parts).encode())
+    return path
+
+
+def verdict_counts(checks: list[Check]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for check in checks:
+        counts[check.verdict] = counts.get(check.verdict, 0) + 1
+    return counts
+

@@ -1,0 +1,49 @@
+"""The papers' experiments, each a function ``run(config) -> list of written paths`` in ``EXPERIMENTS``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from harness.errors import HarnessError
+
+EXPERIMENTS: dict[str, Callable] = {}
+
+
+def register(name: str):
+    def decorate(function: Callable) -> Callable:
+        EXPERIMENTS[name] = function
+        return function
+
+    return decorate
+
+
+def get_experiment(name: str) -> Callable:
+    _load_all()
+    if name not in EXPERIMENTS:
+        raise HarnessError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
+    return EXPERIMENTS[name]
+
+
+def experiment_names() -> list[str]:
+    _load_all()
+    return sorted(EXPERIMENTS)
+
+
+def write_csv(path, rows: list[dict]):
+    """Write ``rows`` (dicts with the same keys) as CSV, atomically; returns the path."""
+    import csv
+    import io
+    from pathlib import Path
+
+    from harness.onnx_io import write_atomically
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, buffer.getvalue().encode())
+    return Path(path)
+
+
+def _load_all() -> None:
+    from harness.experiments import alignment, augmentation, dropping, p_sweep  # noqa: F401

@@ -1,0 +1,112 @@
+"""``alignment``: do the samples of each distribution look like natural images to the model? (main paper,
+Figure 4a).
+
+Penultimate-layer embeddings (the card's ``embedding`` tensor) of 1000 samples each from linear scaling
+(IG's path), normal noise (levels 0.1 to 0.9) and feature suppression (p 0.1 to 0.9), and of the natural
+images, projected together with scikit-learn's cosine-kernel PCA; the centre of each group is marked. The CSV
+gives each centre and its distance to the natural images' centre in the projection, and the mean cosine
+similarity of each group's embeddings to the natural images' mean embedding (in the full space).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.experiments import register, write_csv
+
+LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
+PER_GROUP = 1000
+
+
+def sampler_groups() -> dict:
+    from harness.attribution.samplers import Linear, Normal, Suppression
+
+    groups = {"linear": lambda s: Linear(steps=s, rule="right")}
+    groups.update({f"normal {level}": (lambda s, level=level: Normal(samples=s, level=level)) for level in LEVELS})
+    groups.update({f"suppression {p}": (lambda s, p=p: Suppression(samples=s, p=p)) for p in LEVELS})
+    return groups
+
+
+def embedding_session(model):
+    """An ONNX Runtime session of the model with its embedding tensor as the only output."""
+    import onnxruntime as ort
+
+    from harness.errors import HarnessError
+    from harness.gradients.builder import tensor_value_info
+    from harness.onnx_io import load_model
+
+    if not model.card.embedding:
+        raise HarnessError(f"{model.name}: its card names no embedding tensor")
+    proto = load_model(model.path)
+    del proto.graph.output[:]
+    proto.graph.output.append(tensor_value_info(proto, model.card.embedding))
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@register("alignment")
+def run(config, quiet: bool = False) -> list[Path]:
+    from sklearn.decomposition import KernelPCA
+    from tqdm.auto import tqdm
+
+    from harness.attribution.engine import image_rng
+    from harness.leaderboard import ModelUnderTest
+
+    out = Path(config.out) / "experiments"
+    rows, written = [], []
+    for model_path in config.models:
+        model = ModelUnderTest(model_path, config)
+        session = embedding_session(model)
+        name = session.get_inputs()[0].name
+
+        def embed(points: np.ndarray) -> np.ndarray:
+            parts = [session.run(None, {name: points[i:i + config.batch_size].astype(np.float32)})[0]
+                     for i in range(0, len(points), config.batch_size)]
+            return np.concatenate(parts).reshape(len(points), -1)
+
+        per_image = max(1, -(-PER_GROUP // len(model.x)))
+        embeddings = {"natural": embed(model.x)}
+        for group, make in tqdm(sampler_groups().items(), desc=f"alignment {model.name}", disable=quiet):
+            sampler = make(per_image)
+            points = np.concatenate([sampler.draw(x, image_rng(config.seed, x), model.context).points
+                                     for x in model.x])[:PER_GROUP]
+            embeddings[group] = embed(points)
+        stacked = np.concatenate(list(embeddings.values()))
+        projection = KernelPCA(n_components=2, kernel="cosine").fit_transform(stacked)
+        bounds = np.cumsum([0] + [len(e) for e in embeddings.values()])
+        centres = {g: projection[bounds[i]:bounds[i + 1]].mean(axis=0) for i, g in enumerate(embeddings)}
+        natural_mean = embeddings["natural"].mean(axis=0)
+        for group, points in embeddings.items():
+            cosine = points @ natural_mean / (np.linalg.norm(points, axis=1) * np.linalg.norm(natural_mean) + 1e-12)
+            rows.append({"model": model.name, "group": group, "samples": len(points),
+                         "centre_x": float(centres[group][0]), "centre_y": float(centres[group][1]),
+                         "centre_distance_to_natural": float(np.linalg.norm(centres[group] - centres["natural"])),
+                         "mean_cosine_to_natural_mean": float(cosine.mean())})
+        written.append(_figure(model.name, projection, bounds, list(embeddings), centres,
+                               out / f"alignment-{model.name}.png"))
+    csv_path = out / "alignment.csv"
+    write_csv(csv_path, rows)
+    return [csv_path, *written]
+
+
+def _figure(model: str, projection, bounds, groups, centres, path: Path) -> Path:
+    from harness.figures import _pyplot
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 5))
+    colours = {"natural": "black", "linear": "tab:green"}
+    blues, reds = plt.get_cmap("Blues"), plt.get_cmap("Reds")
+    for i, group in enumerate(groups):
+        kind, _, level = group.partition(" ")
+        colour = colours.get(group) or (blues if kind == "normal" else reds)(0.3 + 0.7 * float(level or 0))
+        points = projection[bounds[i]:bounds[i + 1]]
+        axis.scatter(points[:, 0], points[:, 1], s=2, alpha=0.25, color=colour)
+        axis.scatter(*centres[group], s=80, marker="X", color=colour, edgecolor="white", label=group, zorder=3)
+    axis.set(title=f"{model}: embeddings, cosine kernel PCA", xlabel="component 1", ylabel="component 2")
+    axis.legend(fontsize=6, ncol=2, markerscale=0.7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

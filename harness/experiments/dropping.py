@@ -1,0 +1,59 @@
+"""``dropping``: an image with random pixels dropped at keep ratios 0.7 down to 0.2 (main paper, Figure 3),
+and how confident the model stays: the probability of the true class at each ratio, averaged over images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.experiments import register, write_csv
+
+KEEP_RATIOS = (1.0, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+
+
+@register("dropping")
+def run(config, quiet: bool = False) -> list[Path]:
+    from scipy.special import softmax
+
+    from harness.attribution.engine import image_rng
+    from harness.attribution.samplers import Suppression
+    from harness.leaderboard import ModelUnderTest
+
+    out = Path(config.out) / "experiments"
+    rows, written = [], []
+    for model_path in config.models:
+        model = ModelUnderTest(model_path, config)
+        dropped = {keep: np.stack([Suppression(samples=1, p=1 - keep).draw(x, image_rng(config.seed, x),
+                                                                          model.context).points[0]
+                                   for x in model.x]) for keep in KEEP_RATIOS}
+        for keep, points in dropped.items():
+            probabilities = softmax(model.runtime.forward(points), axis=1)
+            rows.append({"model": model.name, "keep_ratio": keep,
+                         "true_class_probability": float(probabilities[np.arange(len(points)),
+                                                                       model.targets].mean()),
+                         "accuracy": float((probabilities.argmax(1) == model.targets).mean()),
+                         "images": len(points)})
+        written.append(_figure(model, dropped, out / f"dropping-{model.name}.png"))
+    csv_path = out / "dropping.csv"
+    write_csv(csv_path, rows)
+    return [csv_path, *written]
+
+
+def _figure(model, dropped: dict, path: Path) -> Path:
+    from harness.figures import _pyplot
+    from harness.visual import image_rgb
+
+    plt = _pyplot()
+    mean = np.asarray(model.card.mean, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(model.card.std, np.float32).reshape(-1, 1, 1)
+    figure, axes = plt.subplots(1, len(dropped), figsize=(1.5 * len(dropped), 1.8), squeeze=False)
+    for axis, (keep, points) in zip(axes[0], dropped.items()):
+        axis.imshow(image_rgb(points[0] * std + mean), interpolation="nearest")
+        axis.set_title(f"keep {keep:.0%}", fontsize=8)
+        axis.axis("off")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

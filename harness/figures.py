@@ -1,0 +1,100 @@
+"""Report figures from the results store (matplotlib, PNG): a Figure-1-style gallery per model and the
+Figure-5-style bar chart of MI normalised to IG."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from harness.visual import heatmap_rgb, image_rgb
+
+FIGURES_DIR = "figures"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def gallery(store, run_dir: Path) -> dict[str, str]:
+    """Per model: rows of images; the input, then each method's heatmap ("bwr", min-max normalised), first as
+    is and then × input. Returns {model: path relative to ``run_dir``}."""
+    plt = _pyplot()
+    inputs = {(m, img): a for m, _, img, _, a in store.arrays("input")}
+    maps: dict = defaultdict(lambda: defaultdict(dict))
+    for model, method, image, _, array in store.arrays("map"):
+        maps[model][image][method] = array
+    written = {}
+    for model, per_image in maps.items():
+        card = (store.fact(f"model:{model}") or {}).get("card", {})
+        mean = np.asarray(card.get("mean", [0.0]), np.float32).reshape(-1, 1, 1)
+        std = np.asarray(card.get("std", [1.0]), np.float32).reshape(-1, 1, 1)
+        images = sorted(per_image)
+        present = {m for per_method in per_image.values() for m in per_method}
+        configured = (store.fact("config") or {}).get("methods", [])
+        methods = [m for m in configured if m in present] + sorted(present - set(configured))
+        columns = 1 + 2 * len(methods)
+        figure, axes = plt.subplots(len(images), columns, figsize=(1.3 * columns, 1.4 * len(images)),
+                                    squeeze=False)
+        for r, image in enumerate(images):
+            pixels = inputs.get((model, image))
+            x = None if pixels is None else (pixels - mean) / std
+            panels = [("image", None if pixels is None else image_rgb(pixels))]
+            panels += [(m, heatmap_rgb(per_image[image][m]) if m in per_image[image] else None) for m in methods]
+            panels += [(f"{m}\n× input", heatmap_rgb(per_image[image][m] * x)
+                        if m in per_image[image] and x is not None else None) for m in methods]
+            for c, (title, panel) in enumerate(panels):
+                axis = axes[r, c]
+                axis.axis("off")
+                if panel is not None:
+                    axis.imshow(panel, interpolation="nearest")
+                if r == 0:
+                    axis.set_title(title, fontsize=7)
+        figure.tight_layout()
+        relative = f"{FIGURES_DIR}/gallery-{model}.png"
+        (run_dir / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
+        figure.savefig(run_dir / relative, dpi=110)
+        plt.close(figure)
+        written[model] = relative
+    return written
+
+
+def figure_5(tables: dict, run_dir: Path) -> str | None:
+    """Bars of MI normalised to IG, per model and method, with 95% CIs; None without IG in the store."""
+    from harness.report import NORMALISED_MI
+
+    models = [m for m, t in tables.items() if NORMALISED_MI in t["columns"]]
+    if not models:
+        return None
+    plt = _pyplot()
+    methods = sorted({r["method"] for m in models for r in tables[m]["rows"]})
+    width = 0.8 / len(methods)
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(models)), 3.2))
+    colours = plt.get_cmap("tab10")
+    for j, method in enumerate(methods):
+        means, errors = [], [[], []]
+        for model in models:
+            cell = next((r[NORMALISED_MI] for r in tables[model]["rows"] if r["method"] == method), None)
+            mean = cell.mean if cell is not None else np.nan
+            means.append(mean)
+            errors[0].append(mean - cell.low if cell is not None else 0)
+            errors[1].append(cell.high - mean if cell is not None else 0)
+        positions = np.arange(len(models)) + (j - (len(methods) - 1) / 2) * width
+        axis.bar(positions, means, width, yerr=np.nan_to_num(errors), label=method, color=colours(j % 10),
+                 capsize=2)
+    axis.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    axis.set_xticks(np.arange(len(models)), models, fontsize=8)
+    axis.set_ylabel("MI / MI of IG")
+    axis.legend(fontsize=7, ncol=min(4, len(methods)), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    relative = f"{FIGURES_DIR}/figure5-normalised-mi.png"
+    (run_dir / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
+    figure.savefig(run_dir / relative, dpi=110)
+    plt.close(figure)
+    return relative

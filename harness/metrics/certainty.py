@@ -1,0 +1,125 @@
+"""Explanation certainty: the mutual information I(x; z) between an image and its explanation, in nats
+(Sampling Matters in Explanations, section 3: a lower bound of explanation certainty).
+
+Pairing rule, the same for every method (the IG reference included): the image and the explanation are
+flattened over C x H x W and x[c, h, w] is paired with z[c, h, w], the pixels taken as i.i.d. samples of the
+pair (x, z); a single-channel explanation [1, H, W] is repeated over the image's channels. ``absolute=True``
+(default) pairs x with |z|, the magnitude that gradient integration's building block E|∇f| measures.
+
+Estimators (``ESTIMATORS``):
+
+- ``ksg-rank`` (default): the Kraskov–Stögbauer–Grassberger estimator (k = 3, Chebyshev distance, estimator 1)
+  on the ranks of x and z (rank / n, ties averaged), with a jitter of 1e-10 from a fixed seed that does not
+  depend on the data, to break ties. Ranks make it invariant to any monotone rescaling of x or z.
+- ``ksg``: scikit-learn's ``mutual_info_regression`` (KSG with its own scaling and noise), on the raw values.
+- ``histogram``: equal-frequency bins (n^(1/3) per axis) with the Miller–Madow bias correction.
+
+A constant x or z carries no information: the MI is 0, never NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.special import digamma
+from scipy.stats import rankdata
+
+from harness.errors import HarnessError
+from harness.metrics import Metric, broadcast_channels, register
+
+K_NEIGHBOURS = 3
+JITTER = 1e-10
+JITTER_SEED = 20240601
+
+
+def pair_pixels(image: np.ndarray, explanation: np.ndarray, absolute: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The pairing rule: flattened x and z (|z| when ``absolute``), a single-channel z repeated over channels."""
+    image = np.asarray(image, np.float64)
+    explanation = broadcast_channels(np.asarray(explanation)[None], image[None])[0].astype(np.float64)
+    z = np.abs(explanation) if absolute else explanation
+    x, z = image.ravel(), z.ravel()
+    if not (np.isfinite(x).all() and np.isfinite(z).all()):
+        raise HarnessError("mutual information needs finite values; the image or explanation holds NaN or inf")
+    return x, z
+
+
+def _count_closer(values: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """For each point, how many other points lie strictly within ``radius`` of it on this axis."""
+    ordered = np.sort(values)
+    above = np.searchsorted(ordered, values + radius, side="left")
+    below = np.searchsorted(ordered, values - radius, side="right")
+    return above - below - 1
+
+
+def ksg(x: np.ndarray, z: np.ndarray, k: int = K_NEIGHBOURS) -> float:
+    """KSG estimator 1: ψ(k) + ψ(n) − ⟨ψ(n_x + 1) + ψ(n_z + 1)⟩, with ε the Chebyshev distance to the k-th
+    neighbour in the joint space and n_x, n_z the points strictly closer than ε on each axis."""
+    n = len(x)
+    joint = np.column_stack([x, z])
+    radius = cKDTree(joint).query(joint, k=k + 1, p=np.inf, workers=1)[0][:, -1]
+    return float(digamma(k) + digamma(n) - np.mean(digamma(_count_closer(x, radius) + 1)
+                                                    + digamma(_count_closer(z, radius) + 1)))
+
+
+def _ranks(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return rankdata(values) / len(values) + JITTER * rng.random(len(values))
+
+
+def ksg_rank(x: np.ndarray, z: np.ndarray, k: int = K_NEIGHBOURS) -> float:
+    rng = np.random.default_rng(JITTER_SEED)
+    return ksg(_ranks(x, rng), _ranks(z, rng), k)
+
+
+def ksg_sklearn(x: np.ndarray, z: np.ndarray, k: int = K_NEIGHBOURS) -> float:
+    from sklearn.feature_selection import mutual_info_regression
+
+    return float(mutual_info_regression(x.reshape(-1, 1), z, n_neighbors=k, random_state=JITTER_SEED)[0])
+
+
+def histogram(x: np.ndarray, z: np.ndarray, bins: int | None = None) -> float:
+    """Plug-in MI of equal-frequency bins, each entropy with the Miller–Madow correction (m − 1) / 2n."""
+    n = len(x)
+    bins = bins or max(2, int(round(n ** (1 / 3))))
+    bx = np.minimum((rankdata(x, method="min") - 1) * bins // n, bins - 1).astype(np.int64)
+    bz = np.minimum((rankdata(z, method="min") - 1) * bins // n, bins - 1).astype(np.int64)
+
+    def entropy(labels: np.ndarray) -> float:
+        counts = np.bincount(labels)
+        counts = counts[counts > 0]
+        p = counts / n
+        return float(-(p * np.log(p)).sum() + (len(counts) - 1) / (2 * n))
+
+    return entropy(bx) + entropy(bz) - entropy(bx * bins + bz)
+
+
+ESTIMATORS = {"ksg-rank": ksg_rank, "ksg": ksg_sklearn, "histogram": histogram}
+
+
+def mutual_information(image: np.ndarray, explanation: np.ndarray, estimator: str = "ksg-rank",
+                       absolute: bool = True) -> float:
+    """I(x; z) in nats of one image [C, H, W] and its explanation ([C, H, W] or [1, H, W])."""
+    if estimator not in ESTIMATORS:
+        raise HarnessError(f"unknown MI estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    x, z = pair_pixels(image, explanation, absolute)
+    if np.ptp(x) == 0 or np.ptp(z) == 0:
+        return 0.0
+    return ESTIMATORS[estimator](x, z)
+
+
+def mutual_information_batch(images: np.ndarray, attributions: np.ndarray, estimator: str = "ksg-rank",
+                             absolute: bool = True) -> np.ndarray:
+    """One MI per image, [N]."""
+    return np.array([mutual_information(x, z, estimator, absolute) for x, z in zip(images, attributions)])
+
+
+def normalised_to_reference(values: dict[str, np.ndarray], reference: str = "ig") -> dict[str, float]:
+    """Mean MI of each method over the mean MI of ``reference`` on the same images (Figure 5)."""
+    if reference not in values:
+        raise HarnessError(f"normalising needs the reference method {reference!r}")
+    base = float(np.nanmean(values[reference]))
+    return {method: float(np.nanmean(v)) / base for method, v in values.items()}
+
+
+register(Metric("mi", mutual_information_batch, higher_is_better=True,
+                source="Sampling Matters in Explanations, section 3 (KSG on ranks)",
+                needs=("images", "attributions")))
