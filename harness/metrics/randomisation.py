@@ -292,14 +292,20 @@ def parameter_randomisation_check(model: onnx.ModelProto | str | Path, images: n
 
 
 # -- random logit ----------------------------------------------------------------------------------------------
-def random_other_classes(labels, num_classes: int, seed: int = DEFAULT_SEED) -> np.ndarray:
-    """For each label, a class drawn uniformly from the other ``num_classes - 1``."""
+def random_other_classes(labels, num_classes: int, seed: int = DEFAULT_SEED, images=None) -> np.ndarray:
+    """For each label, a class drawn uniformly from the other ``num_classes - 1``; with ``images``, each draw
+    comes from that image's own generator (seed and image bytes), so it does not depend on the batch."""
     labels = np.asarray(labels, np.int64).reshape(-1)
     if num_classes < 2:
         raise HarnessError("the random-logit check needs at least two classes")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise HarnessError(f"labels must be in 0..{num_classes - 1}")
-    draws = np.random.default_rng(seed).integers(0, num_classes - 1, size=len(labels))
+    if images is None:
+        draws = np.random.default_rng(seed).integers(0, num_classes - 1, size=len(labels))
+    else:
+        from harness.attribution.engine import image_rng
+
+        draws = np.array([image_rng(seed, x).integers(0, num_classes - 1) for x in images], np.int64)
     return draws + (draws >= labels)
 
 
@@ -311,7 +317,7 @@ def random_logit_attributions(runtime, images: np.ndarray, labels, method, conte
     num_classes = runtime.signature.num_classes
     if num_classes is None:
         raise HarnessError("the number of classes of the model output is not static")
-    others = random_other_classes(labels, num_classes, seed)
+    others = random_other_classes(labels, num_classes, seed, images=images)
     return explain(runtime, images, method, labels=others, context=context, seed=seed, **method_parameters), others
 
 
