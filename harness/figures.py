@@ -75,7 +75,7 @@ def figure_5(tables: dict, run_dir: Path) -> str | None:
     plt = _pyplot()
     methods = sorted({r["method"] for m in models for r in tables[m]["rows"]})
     width = 0.8 / len(methods)
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(models)), 3.2))
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.22 * len(methods) * len(models) + 1.5), 4.2))
     colours = plt.get_cmap("tab10")
     for j, method in enumerate(methods):
         means, errors = [], [[], []]
@@ -91,7 +91,8 @@ def figure_5(tables: dict, run_dir: Path) -> str | None:
     axis.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     axis.set_xticks(np.arange(len(models)), models, fontsize=8)
     axis.set_ylabel("MI / MI of IG")
-    axis.legend(fontsize=7, ncol=min(4, len(methods)), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axis.set_title("Explanation certainty normalised to IG (mean, 95% bootstrap CI)", fontsize=9)
+    axis.legend(fontsize=7, ncol=min(5, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     figure.tight_layout()
     relative = f"{FIGURES_DIR}/figure5-normalised-mi.png"
     (run_dir / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
