@@ -46,9 +46,10 @@ def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_
 
     proto = load_model(model_path)
     checks: list[Check] = []
+    overrides = dict(card_facts or {})
+    sidecar = overrides.pop("card_file", None)
     try:
-        card = read_card(proto, model_path=model_path, sidecar=(card_facts or {}).pop("card_file", None),
-                         overrides=card_facts)
+        card = read_card(proto, model_path=model_path, sidecar=sidecar, overrides=overrides)
         checks.append(Check("model card", "PASS", f"{card.layout} {list(card.input_size)}, {card.num_classes} "
                             f"classes, mean {list(card.mean)}, std {list(card.std)}"))
     except ModelCardError as error:
@@ -58,7 +59,7 @@ def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_
     data, skipped = _load_images(images, card, count)
     checks.append(Check("images", "PASS" if not skipped else "WARN",
                         f"{len(data)} images loaded" + (f"; skipped: {'; '.join(skipped)}" if skipped else "")))
-    from harness.attribution import Context
+    from harness.attribution import Context, explain
     from harness.data import normalise
     from harness.runtime import GradientRuntime
 
@@ -72,8 +73,10 @@ def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_
         checks.append(Check("accuracy", "INFO", f"top-1 {accuracy:.1%} on the {int(known.sum())} labelled images"))
     checks.append(_gradient_check(runtime, x, labels, seed))
     context = Context.from_card(card, references=x)
-    checks.append(_certainty(runtime, x, labels, context, seed, methods))
-    checks += _sanity(proto, runtime, x, labels, context, seed)
+    explanations = {m: explain(runtime, x, m, labels=labels, context=context, seed=seed)
+                    for m in dict.fromkeys((*methods, *SANITY_METHODS))}
+    checks.append(_certainty(x, explanations, methods))
+    checks += _sanity(proto, runtime, x, labels, context, seed, explanations)
     return _write(out, model_path, checks), checks
 
 
@@ -111,13 +114,11 @@ def _gradient_check(runtime, x, labels, seed) -> Check:
                  f"near the audit images (noise std {GRADCHECK_NOISE})")
 
 
-def _certainty(runtime, x, labels, context, seed, methods) -> Check:
-    from harness.attribution import explain
+def _certainty(x, explanations: dict, methods) -> Check:
     from harness.metrics import get_metric
 
     mi = get_metric("mi")
-    means = {m: float(np.nanmean(mi(images=x, attributions=explain(runtime, x, m, labels=labels, context=context,
-                                                                  seed=seed)))) for m in methods}
+    means = {m: float(np.nanmean(mi(images=x, attributions=explanations[m]))) for m in methods}
     reference = means.get("ig")
     table = [{"method": m, "mi (nats)": f"{v:.4f}",
               "mi / ig": f"{v / reference:.3f}" if reference else "–"} for m, v in means.items()]
@@ -125,7 +126,7 @@ def _certainty(runtime, x, labels, context, seed, methods) -> Check:
     return Check("explanation certainty", "INFO", f"highest mutual information: {best}", table)
 
 
-def _sanity(proto, runtime, x, labels, context, seed) -> list[Check]:
+def _sanity(proto, runtime, x, labels, context, seed, explanations: dict) -> list[Check]:
     """Parameter randomisation (every parameterised layer re-drawn at once, Adebayo et al. 2018) and the random-
     logit check, for each sanity method; similarity by SSIM of the min-max scaled |maps|."""
     from harness.attribution import explain
@@ -137,7 +138,7 @@ def _sanity(proto, runtime, x, labels, context, seed) -> list[Check]:
                                  layout=runtime.layout)
     parameter_rows, logit_rows = [], []
     for method in SANITY_METHODS:
-        trained = explain(runtime, x, method, labels=labels, context=context, seed=seed)
+        trained = explanations[method]
         random = explain(randomised, x, method, labels=labels, context=context, seed=seed)
         scores = similarity(trained, random, ("spearman", "ssim"))
         parameter_rows.append({"method": method, "spearman": f"{np.nanmean(scores['spearman']):.3f}",

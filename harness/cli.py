@@ -104,14 +104,17 @@ def card_options(command):
     return command
 
 
-def _read_card(proto, model, card_file=None, input_name=None, layout=None, input_size=None, mean=(), std=(),
-               labels_file=None):
+def _card_overrides(input_name=None, layout=None, input_size=None, mean=(), std=(), labels_file=None) -> dict:
+    """The card options as read_card overrides (None where not given)."""
+    return {"input_name": input_name, "layout": layout, "input_size": list(input_size) if input_size else None,
+            "mean": list(mean) or None, "std": list(std) or None,
+            "labels_file": str(Path(labels_file).resolve()) if labels_file else None}
+
+
+def _read_card(proto, model, card_file=None, **card_facts):
     from harness.model_card import read_card
 
-    overrides = {"input_name": input_name, "layout": layout, "input_size": list(input_size) if input_size else None,
-                 "mean": list(mean) or None, "std": list(std) or None,
-                 "labels_file": str(Path(labels_file).resolve()) if labels_file else None}
-    return read_card(proto, model_path=model, sidecar=card_file, overrides=overrides)
+    return read_card(proto, model_path=model, sidecar=card_file, overrides=_card_overrides(**card_facts))
 
 
 @main.command()
@@ -358,11 +361,8 @@ def audit(model, images, count, out, seed, **card_facts):
     method, randomisation sanity checks; one HTML report with a verdict per check. Exit 1 when a check fails."""
     from harness.audit import run_audit
 
-    facts = {"input_name": card_facts["input_name"], "layout": card_facts["layout"],
-             "input_size": list(card_facts["input_size"]) if card_facts["input_size"] else None,
-             "mean": list(card_facts["mean"]) or None, "std": list(card_facts["std"]) or None,
-             "labels_file": str(Path(card_facts["labels_file"]).resolve()) if card_facts["labels_file"] else None,
-             "card_file": card_facts["card_file"]}
+    card_file = card_facts.pop("card_file")
+    facts = {**_card_overrides(**card_facts), "card_file": card_file}
     report, checks = run_audit(model, images, out or Path("reports") / f"audit-{Path(model).stem}", facts,
                                count=count, seed=seed)
     for check in checks:

@@ -13,7 +13,7 @@ from harness.visual import heatmap_rgb, image_rgb
 FIGURES_DIR = "figures"
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +25,7 @@ def _pyplot():
 def gallery(store, run_dir: Path) -> dict[str, str]:
     """Per model: rows of images; the input, then each method's heatmap ("bwr", min-max normalised), first as
     is and then × input. Returns {model: path relative to ``run_dir``}."""
-    plt = _pyplot()
+    plt = pyplot()
     inputs = {(m, img): a for m, _, img, _, a in store.arrays("input")}
     maps: dict = defaultdict(lambda: defaultdict(dict))
     for model, method, image, _, array in store.arrays("map"):
@@ -72,7 +72,7 @@ def figure_5(tables: dict, run_dir: Path) -> str | None:
     models = [m for m, t in tables.items() if NORMALISED_MI in t["columns"]]
     if not models:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     methods = sorted({r["method"] for m in models for r in tables[m]["rows"]})
     width = 0.8 / len(methods)
     figure, axis = plt.subplots(figsize=(max(6.0, 0.22 * len(methods) * len(models) + 1.5), 4.2))

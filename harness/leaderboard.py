@@ -76,6 +76,7 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
     from tqdm.auto import tqdm
 
     from harness.attribution import get_method
+    from harness.attribution.methods import describe
     from harness.metrics import get_metric, metric_names
     from harness.store import ResultsStore
 
@@ -97,7 +98,7 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
                     chunk = np.asarray(todo[start:start + config.chunk])
                     values, maps = model.evaluate(method, chunk, applicable)
                     with store.transaction():
-                        store.add_results(model.name, method_name, _describe(method), config.seed,
+                        store.add_results(model.name, method_name, describe(method), config.seed,
                                           model.hash, values)
                         for i, attribution in maps.items():
                             store.add_array("map", model.name, method_name, model.data.names[i], config.seed,
@@ -107,12 +108,6 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
                     bar.update(len(chunk))
             bar.close()
     return run_dir
-
-
-def _describe(method) -> dict:
-    from harness.attribution.methods import describe
-
-    return describe(method)
 
 
 class ModelUnderTest:

@@ -111,7 +111,7 @@ class GradientRuntime:
         # session of their own on the source model (measured: the gradient graph's logits alone cost a
         # full gradient call).
         self.forward_session = ort.InferenceSession(
-            _forward_model(source, self.signature).SerializeToString(), options, providers=providers)
+            forward_model(source, self.signature.output_name).SerializeToString(), options, providers=providers)
         if self.provider not in _announced:
             log.info("onnxruntime %s: running on %s", ort.__version__, self.provider)
             _announced.add(self.provider)
@@ -233,14 +233,14 @@ class GradientRuntime:
         return x
 
 
-def _forward_model(source: onnx.ModelProto, signature: ModelSignature) -> onnx.ModelProto:
-    """The source model with the differentiated tensor as its only output."""
+def forward_model(source: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """A copy of ``source`` whose only output is the tensor ``output`` (the logits, or e.g. an embedding)."""
     from harness.gradients.builder import tensor_value_info
 
     model = onnx.ModelProto()
     model.CopyFrom(source)
     del model.graph.output[:]
-    model.graph.output.append(tensor_value_info(source, signature.output_name))
+    model.graph.output.append(tensor_value_info(source, output))
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
     return model

@@ -35,6 +35,9 @@ def grad_cam(runtime, x: np.ndarray, targets: np.ndarray, sampler, context, seed
     n, k = targets.shape
     result = np.zeros((n, k, 1, *x.shape[2:]), np.float32)
     num_classes = runtime.signature.num_classes
+    # The activations of the images themselves, in one batched call (the seed is irrelevant to them).
+    _, _, own = runtime.gradients_with_taps(x, np.zeros((n, num_classes), np.float32))
+    activations = own[layer][0]                                                          # [N, C, h, w]
     for i in range(n):
         points = sampler.draw(x[i], image_rng(seed, x[i]), context).points.astype(np.float32)
         rows = np.repeat(points, k, axis=0)
@@ -47,9 +50,7 @@ def grad_cam(runtime, x: np.ndarray, targets: np.ndarray, sampler, context, seed
             raise HarnessError(f"Grad-CAM needs a 4-D feature map [N, C, h, w]; {layer} has shape "
                                f"{list(gradient.shape)}")
         weights = gradient.mean(axis=(2, 3)).reshape(len(points), k, -1).mean(axis=0)     # [K, C]
-        _, _, own = runtime.gradients_with_taps(x[i:i + 1], np.zeros((1, num_classes), np.float32))
-        activation = own[layer][0][0]                                                       # [C, h, w]
-        cams = np.maximum(np.einsum("kc,chw->khw", weights, activation), 0)
+        cams = np.maximum(np.einsum("kc,chw->khw", weights, activations[i]), 0)
         factors = (1, x.shape[2] / cams.shape[1], x.shape[3] / cams.shape[2])
         result[i, :, 0] = zoom(cams, factors, order=1, mode="nearest", grid_mode=True)
     return result

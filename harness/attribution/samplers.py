@@ -56,7 +56,11 @@ class Sampler:
         raise NotImplementedError
 
     def draw(self, x: np.ndarray, rng: np.random.Generator, context: Context) -> Samples:
-        raise NotImplementedError
+        """The samples of image ``x``; samplers that define ``draw_into(x, rng, context, out)`` (writing into
+        the engine's reused buffer) get this from it."""
+        out = np.empty((self.count, *x.shape), np.float32)
+        self.draw_into(x, rng, context, out)
+        return Samples(out)
 
 
 SAMPLERS: dict[str, type[Sampler]] = {}
@@ -98,11 +102,6 @@ class Normal(Sampler):
     def count(self) -> int:
         return self.samples
 
-    def draw(self, x, rng, context):
-        out = np.empty((self.samples, *x.shape), np.float32)
-        self.draw_into(x, rng, context, out)
-        return Samples(out)
-
     def draw_into(self, x, rng, context, out):
         """Write the samples into ``out`` [S, C, H, W] (the engine's reused buffer: no extra copy)."""
         rng.standard_normal(out.shape, dtype=np.float32, out=out)
@@ -132,11 +131,6 @@ class Suppression(Sampler):
     @property
     def count(self) -> int:
         return self.samples
-
-    def draw(self, x, rng, context):
-        out = np.empty((self.samples, *x.shape), np.float32)
-        self.draw_into(x, rng, context, out)
-        return Samples(out)
 
     def draw_into(self, x, rng, context, out):
         """Write the samples into ``out`` [S, C, H, W]. Pixels are dropped where a uniform 16-bit draw falls

@@ -34,14 +34,12 @@ def embedding_session(model):
     import onnxruntime as ort
 
     from harness.errors import HarnessError
-    from harness.gradients.builder import tensor_value_info
     from harness.onnx_io import load_model
+    from harness.runtime import forward_model
 
     if not model.card.embedding:
         raise HarnessError(f"{model.name}: its card names no embedding tensor")
-    proto = load_model(model.path)
-    del proto.graph.output[:]
-    proto.graph.output.append(tensor_value_info(proto, model.card.embedding))
+    proto = forward_model(load_model(model.path), model.card.embedding)
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
@@ -91,9 +89,9 @@ def run(config, quiet: bool = False) -> list[Path]:
 
 
 def _figure(model: str, projection, bounds, groups, centres, path: Path) -> Path:
-    from harness.figures import _pyplot
+    from harness.figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 5))
     colours = {"natural": "black", "linear": "tab:green"}
     blues, reds = plt.get_cmap("Blues"), plt.get_cmap("Reds")

@@ -46,10 +46,10 @@ def run(config, quiet: bool = False) -> list[Path]:
 
 
 def _figure(models: dict, maps: dict, methods: list, path: Path) -> Path:
-    from harness.figures import _pyplot
+    from harness.figures import pyplot
     from harness.visual import heatmap_rgb, image_rgb
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(len(models), 1 + len(methods), figsize=(1.4 * (1 + len(methods)), 1.6 * len(models)),
                                 squeeze=False)
     for r, (name, model) in enumerate(models.items()):

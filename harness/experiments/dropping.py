@@ -41,10 +41,10 @@ def run(config, quiet: bool = False) -> list[Path]:
 
 
 def _figure(model, dropped: dict, path: Path) -> Path:
-    from harness.figures import _pyplot
+    from harness.figures import pyplot
     from harness.visual import image_rgb
 
-    plt = _pyplot()
+    plt = pyplot()
     mean = np.asarray(model.card.mean, np.float32).reshape(-1, 1, 1)
     std = np.asarray(model.card.std, np.float32).reshape(-1, 1, 1)
     figure, axes = plt.subplots(1, len(dropped), figsize=(1.5 * len(dropped), 1.8), squeeze=False)

@@ -47,9 +47,9 @@ def run(config, quiet: bool = False, samples: int = 20) -> list[Path]:
 
 
 def _figure(rows: list[dict], path: Path) -> Path:
-    from harness.figures import _pyplot
+    from harness.figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
     for model in sorted({r["model"] for r in rows}):
         mine = [r for r in rows if r["model"] == model]

@@ -51,16 +51,6 @@ def _count_closer(values: np.ndarray, radius: np.ndarray) -> np.ndarray:
     return above - below - 1
 
 
-def ksg(x: np.ndarray, z: np.ndarray, k: int = K_NEIGHBOURS) -> float:
-    """KSG estimator 1: ψ(k) + ψ(n) − ⟨ψ(n_x + 1) + ψ(n_z + 1)⟩, with ε the Chebyshev distance to the k-th
-    neighbour in the joint space and n_x, n_z the points strictly closer than ε on each axis."""
-    n = len(x)
-    joint = np.column_stack([x, z])
-    radius = cKDTree(joint).query(joint, k=k + 1, p=np.inf, workers=1)[0][:, -1]
-    return float(digamma(k) + digamma(n) - np.mean(digamma(_count_closer(x, radius) + 1)
-                                                    + digamma(_count_closer(z, radius) + 1)))
-
-
 def _sorted_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(order, averaged 0-based ranks in that order): values[order] is sorted, ties share their mean rank."""
     order = np.argsort(values, kind="stable")
