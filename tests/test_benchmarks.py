@@ -1,0 +1,32 @@
+"""The benchmark scripts still run: tiny settings, no timing asserted (timings are the benchmarks' job)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(name: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
+                            text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_gradient_speed_reports_both_ratios():
+    pytest.importorskip("torch")
+    out = run_script("gradient_speed.py", "--arch", "resnet18", "--size", "32", "--batch", "2", "--rounds", "2")
+    for line in ("ort forward", "ort gradient", "torch fwd+bwd"):
+        assert re.search(rf"{re.escape(line)}\s+\d+\.\d ms/image", out), out
+    assert re.search(r"gradient / forward\s+= \d+\.\d\dx \(rounds: \d+\.\d\dx to \d+\.\d\dx", out), out
+    assert re.search(r"torch fwd\+bwd / ORT gradient = \d+\.\d\dx", out), out
+
+
+def test_attribution_overhead_reports_a_share():
+    out = run_script("attribution_overhead.py", "--model", str(ROOT / "exported_models" / "digits_cnn.onnx"),
+                     "--images", "2", "--samples", "4", "--rounds", "1")
+    assert re.search(r"overhead -?\d+\.\d%", out), out
