@@ -94,3 +94,16 @@ def test_audit_gives_a_verdict_per_check_and_one_html_page(tmp_path):
 
     bare, bare_checks = run_audit(RESNET, tmp_path / "images", tmp_path / "bare", card_facts={"layout": "NCWH"})
     assert bare_checks[0].verdict == "FAIL" and all(c.verdict == "SKIPPED" for c in bare_checks[1:])
+
+
+def test_alignment_is_reproducible(tmp_path, monkeypatch):
+    """The projection's eigensolver starts from a seeded vector: two runs write the same bytes."""
+    from harness.experiments import alignment
+
+    monkeypatch.setattr(alignment, "PER_GROUP", 40)
+    texts = []
+    for run in ("first", "second"):
+        config = RunConfig.load(None, models=[RESNET], images=4, out=str(tmp_path / run))
+        csv_path, _ = get_experiment("alignment")(config, quiet=True)
+        texts.append(csv_path.read_text())
+    assert texts[0] == texts[1]

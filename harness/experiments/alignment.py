@@ -71,7 +71,7 @@ def run(config, quiet: bool = False) -> list[Path]:
                                      for x in model.x])[:PER_GROUP]
             embeddings[group] = embed(points)
         stacked = np.concatenate(list(embeddings.values()))
-        projection = KernelPCA(n_components=2, kernel="cosine").fit_transform(stacked)
+        projection = KernelPCA(n_components=2, kernel="cosine", random_state=config.seed).fit_transform(stacked)
         bounds = np.cumsum([0] + [len(e) for e in embeddings.values()])
         centres = {g: projection[bounds[i]:bounds[i + 1]].mean(axis=0) for i, g in enumerate(embeddings)}
         natural_mean = embeddings["natural"].mean(axis=0)
