@@ -164,6 +164,20 @@ def test_several_classes_in_one_call_equal_separate_calls(toy, images):
     np.testing.assert_array_equal(top[:, 0], toy.forward(images).argmax(1))
 
 
+def test_several_aggregates_of_one_set_of_samples_equal_separate_runs(toy, images):
+    from harness.attribution.engine import aggregate_samples
+
+    targets = resolve_targets(toy, images, classes=[0, 2])
+    sampler = get_method("suppression", p=0.6, samples=6).sampler
+    together = aggregate_samples(toy, images, targets, sampler, ("abs-mean", "square-mean", "mean"), context())
+    for name, result in together.items():
+        alone = attribute(toy, images, targets, get_method(f"suppression+{name}", p=0.6, samples=6), context())
+        np.testing.assert_array_equal(result, alone)
+    assert not np.array_equal(together["mean"], together["abs-mean"])   # no aggregator saw another's output
+    with pytest.raises(HarnessError):
+        aggregate_samples(toy, images, targets, sampler, ("grad-cam",), context())
+
+
 # -- the method registry --------------------------------------------------------------------------------
 def test_free_combinations_and_clear_errors():
     assert get_method("linear+abs-mean").sampler.name == "linear"

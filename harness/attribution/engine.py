@@ -65,37 +65,54 @@ def attribute(runtime, x: np.ndarray, targets: np.ndarray, method: Method, conte
     elif method.sampler.adaptive:
         result = _adaptive(runtime, x, targets, method, context, seed)
     else:
-        result = _sampled(runtime, x, targets, method, context, seed, group_rows, progress)
+        result = _sampled(runtime, x, targets, method.sampler, [get_aggregator(method.aggregator)], context, seed,
+                          group_rows, progress)[0]
     if method.times_input:
         result *= x[:, None]
     return result
 
 
-def _sampled(runtime, x, targets, method, context, seed, group_rows, progress) -> np.ndarray:
-    sampler, aggregator = method.sampler, get_aggregator(method.aggregator)
+def aggregate_samples(runtime, x: np.ndarray, targets: np.ndarray, sampler: Sampler, aggregators, context: Context,
+                      seed: int = DEFAULT_SEED) -> dict[str, np.ndarray]:
+    """Several aggregates [N, K, C, H, W] of one set of samples, each gradient computed once: e.g. E|∇f| and
+    E[∇f²] of the same suppressed images (the p-sweep). Sampling samplers only (not Guided IG or Grad-CAM)."""
+    aggregators = [get_aggregator(name) for name in aggregators]
+    if sampler.adaptive or any(a.on_layer for a in aggregators):
+        raise HarnessError("aggregate_samples takes sampling samplers and input-gradient aggregators only")
+    results = _sampled(runtime, np.asarray(x, np.float32), np.asarray(targets, np.int64), sampler, aggregators,
+                       context, seed, None, None)
+    return {a.name: result for a, result in zip(aggregators, results)}
+
+
+def _sampled(runtime, x, targets, sampler: Sampler, aggregators: list[Aggregator], context, seed, group_rows,
+             progress) -> list[np.ndarray]:
     n, k = targets.shape
     per_image = sampler.count * k
     group_rows = max(group_rows or 8 * runtime.max_batch, per_image)
-    result = np.zeros((n, k, *x.shape[1:]), np.float32)
+    results = [np.zeros((n, k, *x.shape[1:]), np.float32) for _ in aggregators]
     images_per_group = max(1, group_rows // per_image)
+    needs_path = any(a.needs_path for a in aggregators)
     # Samplers that can write in place fill one buffer reused by every group (no concatenation, no fresh pages).
     buffer = (np.empty((min(n, images_per_group) * sampler.count, *x.shape[1:]), np.float32)
-              if hasattr(sampler, "draw_into") and not aggregator.needs_path else None)
+              if hasattr(sampler, "draw_into") and not needs_path else None)
     start = 0
     while start < n:
         stop = min(n, start + images_per_group)
-        _attribute_group(runtime, x, targets, sampler, aggregator, context, seed, start, stop, result, buffer)
+        _attribute_group(runtime, x, targets, sampler, aggregators, context, seed, start, stop, results, buffer,
+                         needs_path)
         if progress is not None:
             progress.update(stop - start)
         start = stop
-    if aggregator.is_mean:
-        result /= sampler.count
-    return result
+    for aggregator, result in zip(aggregators, results):
+        if aggregator.is_mean:
+            result /= sampler.count
+    return results
 
 
-def _attribute_group(runtime, x, targets, sampler: Sampler, aggregator: Aggregator, context, seed,
-                     start: int, stop: int, result: np.ndarray, buffer: np.ndarray | None) -> None:
-    """Draw the samples of images start..stop-1, run their rows in full batches, add into ``result``."""
+def _attribute_group(runtime, x, targets, sampler: Sampler, aggregators: list[Aggregator], context, seed,
+                     start: int, stop: int, results: list[np.ndarray], buffer: np.ndarray | None,
+                     needs_path: bool) -> None:
+    """Draw the samples of images start..stop-1, run their rows in full batches, add into ``results``."""
     k, s = targets.shape[1], sampler.count
     deltas = None
     if buffer is not None:
@@ -105,24 +122,27 @@ def _attribute_group(runtime, x, targets, sampler: Sampler, aggregator: Aggregat
     else:
         drawn = [sampler.draw(x[i], image_rng(seed, x[i]), context) for i in range(start, stop)]
         points = np.concatenate([d.points for d in drawn]).astype(np.float32, copy=False)
-        deltas = np.concatenate([d.deltas for d in drawn]) if aggregator.needs_path else None
+        deltas = np.concatenate([d.deltas for d in drawn]) if needs_path else None
     # Row r = (image, sample, class), class fastest: the same sample point serves all classes of its image.
     local_image = np.repeat(np.arange(stop - start), s * k)
     point_index = np.repeat(np.arange(len(points)), k)
     class_slot = np.tile(np.arange(k), len(points))
     classes = targets[start:stop][local_image, class_slot]
     pair = local_image * k + class_slot
-    flat = result.reshape(len(result) * k, -1)
     for lo in range(0, len(point_index), runtime.max_batch):
         rows = slice(lo, lo + runtime.max_batch)
         # With one class per image the rows are the points themselves: slice (a view), don't gather.
         take = rows if k == 1 else point_index[rows]
         _, grads = runtime.class_gradients(points[take], classes[rows])
-        contribution = aggregator.contribution(grads, None if deltas is None else deltas[take])
         # Sum rows per (image, class) with one small matrix product instead of np.add.at.
         pairs, inverse = np.unique(pair[rows], return_inverse=True)
         membership = (inverse[None, :] == np.arange(len(pairs))[:, None]).astype(np.float32)
-        flat[start * k + pairs] += membership @ contribution.reshape(len(inverse), -1)
+        for j, (aggregator, result) in enumerate(zip(aggregators, results)):
+            # contributions may work in place (abs, square): every aggregator but the last gets a copy
+            mine = grads if j == len(aggregators) - 1 else grads.copy()
+            contribution = aggregator.contribution(mine, None if deltas is None else deltas[take])
+            result.reshape(len(result) * k, -1)[start * k + pairs] += membership @ contribution.reshape(
+                len(inverse), -1)
 
 
 def _adaptive(runtime, x, targets, method, context, seed) -> np.ndarray:

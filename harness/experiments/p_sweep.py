@@ -21,7 +21,8 @@ P_VALUES = tuple(round(0.1 * i, 1) for i in range(11))
 def run(config, quiet: bool = False, samples: int = 20) -> list[Path]:
     from tqdm.auto import tqdm
 
-    from harness.attribution import attribute, get_method
+    from harness.attribution import get_method
+    from harness.attribution.engine import aggregate_samples
     from harness.leaderboard import ModelUnderTest
     from harness.metrics import get_metric
 
@@ -32,11 +33,10 @@ def run(config, quiet: bool = False, samples: int = 20) -> list[Path]:
         model = ModelUnderTest(model_path, config)
         targets = model.targets[:, None]
         for p in tqdm(P_VALUES, desc=f"p-sweep {model.name}", disable=quiet):
-            magnitude = attribute(model.runtime, model.x, targets, get_method("suppression", p=p, samples=samples),
-                                  model.context, config.seed)[:, 0]
-            energy = attribute(model.runtime, model.x, targets,
-                               get_method("suppression+square-mean", p=p, samples=samples), model.context,
-                               config.seed)[:, 0]
+            sampler = get_method("suppression", p=p, samples=samples).sampler
+            aggregates = aggregate_samples(model.runtime, model.x, targets, sampler, ("abs-mean", "square-mean"),
+                                           model.context, config.seed)
+            magnitude, energy = aggregates["abs-mean"][:, 0], aggregates["square-mean"][:, 0]
             values = mi(images=model.x, attributions=magnitude)
             norms = np.sqrt(energy.reshape(len(energy), -1).sum(axis=1))
             rows.append({"model": model.name, "p": p, "mean_mi": float(np.nanmean(values)),
