@@ -16,7 +16,7 @@ from harness.errors import HarnessError
 from harness.metrics import get_metric
 from harness.metrics.randomisation import (
     SIMILARITIES, parameter_randomisation_check, parameterised_layers, random_logit_attributions,
-    random_other_classes, randomised_models, redraw, saliency_maps, similarity)
+    random_other_classes, randomised_models, redraw, normalised_maps, similarity)
 from harness.model_card import read_card
 from harness.runtime import GradientRuntime
 
@@ -146,7 +146,7 @@ def test_similarity_measures():
     unrelated = similarity(noise, rng.standard_normal((2, 3, 64, 64)))
     assert np.abs(unrelated["spearman"]).max() < 0.1 and np.abs(unrelated["ssim"]).max() < 0.1
     assert np.abs(unrelated["hog"]).max() < 0.3   # HOG's orientation bins share a bias: unrelated noise ~0.05-0.35
-    maps = saliency_maps(a)
+    maps = normalised_maps(a)
     assert maps.shape == (2, 32, 32) and maps.min() == 0.0 and maps.max() == 1.0
     flat = similarity(np.zeros((1, 1, 32, 32)), a[:1, :1])
     assert np.isnan(flat["spearman"][0]) and np.isnan(flat["hog"][0]) and np.isfinite(flat["ssim"][0])

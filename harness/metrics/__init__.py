@@ -15,6 +15,7 @@ It returns one float per image, [N] (NaN where the metric is undefined for that 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,24 +26,25 @@ from harness.errors import HarnessError
 
 @dataclass(frozen=True)
 class Metric:
+    """``compute``'s parameters name the inputs it takes; those without a default are the ones it needs."""
+
     name: str
     compute: Callable[..., np.ndarray]
     higher_is_better: bool
     source: str                       # the paper or library whose definition it follows
-    needs: tuple = ()                 # keyword arguments it requires
-    parameters: dict = field(default_factory=dict)
+    accepts: frozenset = field(init=False, repr=False)
+    needs: tuple = field(init=False, repr=False)
+
+    def __post_init__(self):
+        parameters = inspect.signature(self.compute).parameters.values()
+        object.__setattr__(self, "accepts", frozenset(p.name for p in parameters))
+        object.__setattr__(self, "needs", tuple(p.name for p in parameters if p.default is inspect.Parameter.empty))
 
     def __call__(self, **inputs) -> np.ndarray:
         missing = [k for k in self.needs if inputs.get(k) is None]
         if missing:
             raise HarnessError(f"metric {self.name} needs {', '.join(missing)}")
-        return np.asarray(self.compute(**{k: inputs[k] for k in inputs if k in self.accepts()},
-                                       **self.parameters), np.float64)
-
-    def accepts(self) -> set[str]:
-        import inspect
-
-        return set(inspect.signature(self.compute).parameters)
+        return np.asarray(self.compute(**{k: v for k, v in inputs.items() if k in self.accepts}), np.float64)
 
 
 METRICS: dict[str, Metric] = {}
@@ -76,13 +78,3 @@ def _load_all() -> None:
 
 
 FAMILIES: tuple[str, ...] = ("certainty", "randomisation", "localisation", "faithfulness", "complexity")
-
-
-def broadcast_channels(attributions: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """A single-channel explanation [N, 1, H, W] repeated to the input's channels; others pass through."""
-    attributions = np.asarray(attributions)
-    if attributions.shape == images.shape:
-        return attributions
-    if attributions.ndim == 4 and attributions.shape[1] == 1 and attributions.shape[2:] == images.shape[2:]:
-        return np.broadcast_to(attributions, images.shape)
-    raise HarnessError(f"attributions {list(attributions.shape)} do not fit images {list(images.shape)}")

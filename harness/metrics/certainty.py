@@ -25,7 +25,7 @@ from scipy.special import digamma
 from scipy.stats import rankdata
 
 from harness.errors import HarnessError
-from harness.metrics import Metric, broadcast_channels, register
+from harness.metrics import Metric, register
 
 K_NEIGHBOURS = 3
 JITTER = 1e-10
@@ -34,8 +34,10 @@ JITTER_SEED = 20240601
 
 def pair_pixels(image: np.ndarray, explanation: np.ndarray, absolute: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The pairing rule: flattened x and z (|z| when ``absolute``), a single-channel z repeated over channels."""
-    image = np.asarray(image, np.float64)
-    explanation = broadcast_channels(np.asarray(explanation)[None], image[None])[0].astype(np.float64)
+    image, explanation = np.asarray(image, np.float64), np.asarray(explanation, np.float64)
+    if explanation.shape != image.shape and explanation.shape != (1, *image.shape[1:]):
+        raise HarnessError(f"explanation {list(explanation.shape)} does not fit image {list(image.shape)}")
+    explanation = np.broadcast_to(explanation, image.shape)
     z = np.abs(explanation) if absolute else explanation
     x, z = image.ravel(), z.ravel()
     if not (np.isfinite(x).all() and np.isfinite(z).all()):
@@ -134,5 +136,4 @@ def normalised_to_reference(values: dict[str, np.ndarray], reference: str = "ig"
 
 
 register(Metric("mi", mutual_information_batch, higher_is_better=True,
-                source="Sampling Matters in Explanations, section 3 (KSG on ranks)",
-                needs=("images", "attributions")))
+                source="Sampling Matters in Explanations, section 3 (KSG on ranks)"))

@@ -22,6 +22,7 @@ A map holding NaN or inf gives NaN for both.
 from __future__ import annotations
 
 import numpy as np
+import scipy.stats
 
 from harness.metrics import Metric, register
 from harness.metrics.localisation import saliency_maps
@@ -54,13 +55,7 @@ def sparseness(attributions: np.ndarray) -> np.ndarray:
 
 def entropy(values: np.ndarray) -> np.ndarray:
     """Entropy in nats of each row of non-negative ``values`` [N, n] normalised to sum 1; NaN for a zero row."""
-    total = values.sum(axis=1, keepdims=True)
-    p = np.divide(values, total, out=np.zeros_like(values), where=total > 0)
-    terms = np.zeros_like(p)
-    np.multiply(p, np.log(p, out=np.zeros_like(p), where=p > 0), out=terms)
-    scores = -terms.sum(axis=1)
-    scores[total[:, 0] <= 0] = np.nan
-    return scores
+    return scipy.stats.entropy(values, axis=1)
 
 
 def complexity(attributions: np.ndarray) -> np.ndarray:
@@ -72,8 +67,6 @@ def complexity(attributions: np.ndarray) -> np.ndarray:
 
 
 register(Metric("sparseness", sparseness, higher_is_better=True,
-                source="Chalasani et al. 2020 (Gini index), as Quantus Sparseness without its 1e-7",
-                needs=("attributions",)))
+                source="Chalasani et al. 2020 (Gini index), as Quantus Sparseness without its 1e-7"))
 register(Metric("complexity", complexity, higher_is_better=False,
-                source="Bhatt et al. 2020 (entropy of fractional contributions), as Quantus Complexity",
-                needs=("attributions",)))
+                source="Bhatt et al. 2020 (entropy of fractional contributions), as Quantus Complexity"))

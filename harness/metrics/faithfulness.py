@@ -25,6 +25,7 @@ result does not depend on the batch size. An image whose attribution holds NaN o
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import softmax
 
 from harness.errors import HarnessError
 from harness.metrics import Metric, register
@@ -74,8 +75,7 @@ def _ranks(maps: np.ndarray) -> np.ndarray:
 def _probabilities(outputs: np.ndarray, classes: np.ndarray, logits_are_probabilities: bool) -> np.ndarray:
     outputs = np.asarray(outputs, np.float64)
     if not logits_are_probabilities:
-        outputs = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-        outputs /= outputs.sum(axis=1, keepdims=True)
+        outputs = softmax(outputs, axis=1)
     return outputs[np.arange(len(outputs)), classes]
 
 
@@ -157,8 +157,6 @@ def insertion_auc(images, attributions, labels, runtime, steps: int = DEFAULT_ST
 
 
 register(Metric("deletion-auc", deletion_auc, higher_is_better=False,
-                source="Petsiuk et al. 2018 (RISE) deletion, to the card's black value",
-                needs=("images", "attributions", "labels", "runtime", "card")))
+                source="Petsiuk et al. 2018 (RISE) deletion, to the card's black value"))
 register(Metric("insertion-auc", insertion_auc, higher_is_better=True,
-                source="Petsiuk et al. 2018 (RISE) insertion from RISE's blur (11x11, sigma 5)",
-                needs=("images", "attributions", "labels", "runtime")))
+                source="Petsiuk et al. 2018 (RISE) insertion from RISE's blur (11x11, sigma 5)"))

@@ -163,13 +163,10 @@ def grid_pointing_game_all_targets(attributions: np.ndarray) -> np.ndarray:
 
 
 register(Metric("pointing-game", pointing_game, higher_is_better=True,
-                source="Zhang et al. 2018 (IJCV), ties and default tolerance 0 as Quantus PointingGame",
-                needs=("attributions", "masks")))
+                source="Zhang et al. 2018 (IJCV), ties and default tolerance 0 as Quantus PointingGame"))
 register(Metric("energy-pointing-game", energy_pointing_game, higher_is_better=True,
                 source="Wang et al. 2020 (Score-CAM); = Quantus AttributionLocalisation(abs=False, "
-                       "positive_attributions=True)",
-                needs=("attributions", "masks")))
+                       "positive_attributions=True)"))
 register(Metric("grid-pointing-game", grid_pointing_game, higher_is_better=True,
                 source="Böhle et al. 2021 (CoDA-Nets), Walter et al. (Now you see me!); = Quantus Focus with one "
-                       "target quadrant",
-                needs=("attributions", "labels", "segments")))
+                       "target quadrant"))

@@ -54,6 +54,7 @@ from onnx import TensorProto, numpy_helper
 from harness import DEFAULT_SEED
 from harness.errors import HarnessError
 from harness.metrics import Metric, register
+from harness.metrics.localisation import saliency_maps
 
 log = logging.getLogger("harness")
 
@@ -130,18 +131,20 @@ def redraw(name: str, values: np.ndarray, seed: int = DEFAULT_SEED, distribution
 def randomise_layers(model: onnx.ModelProto, layers, seed: int = DEFAULT_SEED,
                      distribution: str = "normal") -> onnx.ModelProto:
     """A copy of ``model`` with the initializers of ``layers`` (Layer objects) re-drawn."""
-    names = {n for layer in layers for n in layer.initializers}
-    params = _parameters(model)
-    unknown = sorted(names - set(params))
-    if unknown:
-        raise HarnessError(f"not float parameters of this model: {', '.join(unknown)}")
     randomised = onnx.ModelProto()
     randomised.CopyFrom(model)
-    for tensor in randomised.graph.initializer:
+    _redraw_in_place(randomised, {n for layer in layers for n in layer.initializers}, seed, distribution)
+    return randomised
+
+
+def _redraw_in_place(model: onnx.ModelProto, names: set[str], seed: int, distribution: str) -> None:
+    unknown = sorted(names - set(_parameters(model)))
+    if unknown:
+        raise HarnessError(f"not float parameters of this model: {', '.join(unknown)}")
+    for tensor in model.graph.initializer:
         if tensor.name in names:
             values = numpy_helper.to_array(tensor)
             tensor.CopyFrom(numpy_helper.from_array(redraw(tensor.name, values, seed, distribution), tensor.name))
-    return randomised
 
 
 def randomised_models(model: onnx.ModelProto, mode: str = "cascading", seed: int = DEFAULT_SEED,
@@ -157,23 +160,24 @@ def randomised_models(model: onnx.ModelProto, mode: str = "cascading", seed: int
     if not layers:
         raise HarnessError("the model has no parameterised layers (float initializers of Conv, Gemm, MatMul, "
                            "normalisation nodes) to randomise")
-    for i, layer in enumerate(layers[:max_layers]):
-        chosen = layers[: i + 1] if mode == "cascading" else [layer]
-        yield layer, randomise_layers(model, chosen, seed, distribution)
+    cascade = model
+    for layer in layers[:max_layers]:
+        # cascading: each step re-draws only its own layer on top of the previous step (draws depend on the
+        # seed and the tensor name alone, so this equals re-drawing layers 1..i from the trained model)
+        randomised = randomise_layers(cascade if mode == "cascading" else model, [layer], seed, distribution)
+        if mode == "cascading":
+            cascade = randomised
+        yield layer, randomised
 
 
 # -- similarity ---------------------------------------------------------------------------------------------
-def saliency_maps(attributions: np.ndarray, absolute: bool = True) -> np.ndarray:
-    """[N, H, W] in [0, 1]: channel sums of |attributions| (or of the signed ones), min-max normalised per
-    map (a constant map becomes zeros). Takes [N, C, H, W] or [N, H, W]."""
+def normalised_maps(attributions: np.ndarray, absolute: bool = True) -> np.ndarray:
+    """[N, H, W] in [0, 1]: the channel rule (``localisation.saliency_maps``) applied to |attributions| (or to the
+    signed ones), min-max normalised per map (a constant map becomes zeros). Takes [N, C, H, W] or [N, H, W]."""
     a = np.asarray(attributions, np.float64)
-    if a.ndim == 3:
-        a = a[:, None]
-    if a.ndim != 4:
-        raise HarnessError(f"attributions must be [N, C, H, W] or [N, H, W], got shape {list(a.shape)}")
     if not np.isfinite(a).all():
         raise HarnessError("attributions hold NaN or infinite values")
-    maps = (np.abs(a) if absolute else a).sum(axis=1)
+    maps = saliency_maps(np.abs(a) if absolute else a)
     low = maps.min(axis=(1, 2), keepdims=True)
     span = maps.max(axis=(1, 2), keepdims=True) - low
     return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
@@ -220,7 +224,7 @@ def similarity(attributions: np.ndarray, others: np.ndarray, measures=("spearman
     unknown = [m for m in measures if m not in SIMILARITIES]
     if unknown:
         raise HarnessError(f"unknown similarity {', '.join(unknown)}; known: {', '.join(SIMILARITIES)}")
-    a, b = saliency_maps(attributions, absolute), saliency_maps(others, absolute)
+    a, b = normalised_maps(attributions, absolute), normalised_maps(others, absolute)
     if a.shape != b.shape:
         raise HarnessError(f"explanations of different shapes: {list(a.shape)} and {list(b.shape)}")
     return {m: np.array([SIMILARITIES[m](x, y) for x, y in zip(a, b)]) for m in measures}
@@ -328,5 +332,4 @@ def random_logit_similarity(attributions: np.ndarray, other_attributions: np.nda
 
 
 register(Metric("random-logit", random_logit_similarity, higher_is_better=False,
-                source="Sixt et al. 2020 random-logit test; SSIM as in Quantus RandomLogit",
-                needs=("attributions", "other_attributions"), parameters={"measure": "ssim"}))
+                source="Sixt et al. 2020 random-logit test; SSIM as in Quantus RandomLogit"))
