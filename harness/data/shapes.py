@@ -172,9 +172,12 @@ def _variant_key(variant: str) -> int:
     return list(VARIANTS).index(variant)
 
 
+def quadrant_blocks(maps: np.ndarray) -> np.ndarray:
+    """[N, H, W] (even H, W) -> [N, 4, H/2 * W/2]: the pixels of each quadrant, in reading order."""
+    n, height, width = maps.shape
+    return maps.reshape(n, 2, height // 2, 2, width // 2).transpose(0, 1, 3, 2, 4).reshape(n, 4, -1)
+
+
 def quadrant_labels(segments: np.ndarray) -> np.ndarray:
     """The class in each quadrant of 2x2 grid images, [N, 4] in reading order (from their segments)."""
-    n, size, _ = segments.shape
-    half = size // 2
-    quadrants = segments.reshape(n, 2, half, 2, half).transpose(0, 1, 3, 2, 4).reshape(n, 4, -1)
-    return quadrants.max(axis=2).astype(np.int64)
+    return quadrant_blocks(segments).max(axis=2).astype(np.int64)

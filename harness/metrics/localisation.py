@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
+from harness.data.shapes import quadrant_blocks, quadrant_labels
 from harness.errors import HarnessError
 from harness.metrics import Metric, register
 
@@ -108,7 +109,7 @@ def quadrant_shares(attributions: np.ndarray) -> np.ndarray:
         raise HarnessError(f"a 2x2 grid needs an even height and width, got {height}x{width}")
     finite = _finite(maps)
     positive = np.clip(np.where(finite[:, None, None], maps, 0.0), 0.0, None)
-    mass = positive.reshape(n, 2, height // 2, 2, width // 2).sum(axis=(2, 4)).reshape(n, 4)
+    mass = quadrant_blocks(positive).sum(axis=2)
     total = mass.sum(axis=1, keepdims=True)
     shares = np.divide(mass, total, out=np.zeros_like(mass), where=total > 0)
     shares[~finite] = np.nan
@@ -118,8 +119,6 @@ def quadrant_shares(attributions: np.ndarray) -> np.ndarray:
 def target_quadrants(labels: np.ndarray, segments: np.ndarray) -> np.ndarray:
     """[N] the quadrant (0..3, reading order) whose object has the image's label; -1 where none has, and for
     images that are not 2x2 grids of four different classes (one class per quadrant)."""
-    from harness.data.shapes import quadrant_labels
-
     segments = np.asarray(segments)
     if segments.ndim != 3 or segments.shape[1] % 2 or segments.shape[2] % 2:
         raise HarnessError(f"grid segments must be [N, H, W] with even H and W, got {list(segments.shape)}")
@@ -127,10 +126,10 @@ def target_quadrants(labels: np.ndarray, segments: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels, np.int64).reshape(-1, 1)
     if len(labels) != len(classes):
         raise HarnessError(f"{len(labels)} labels for {len(classes)} grid images")
-    n, h, w = segments.shape
-    blocks = segments.reshape(n, 2, h // 2, 2, w // 2).transpose(0, 1, 3, 2, 4).reshape(n, 4, -1)
+    blocks = quadrant_blocks(segments)
     pure = ((blocks == classes[:, :, None]) | (blocks == -1)).all(axis=2).all(axis=1)
-    distinct = np.array([len(set(row)) == 4 and min(row) >= 0 for row in classes.tolist()])
+    ordered = np.sort(classes, axis=1)
+    distinct = (np.diff(ordered, axis=1) != 0).all(axis=1) & (ordered[:, 0] >= 0)
     found = (classes == labels) & (pure & distinct)[:, None]
     return np.where(found.any(axis=1), found.argmax(axis=1), -1)
 
