@@ -113,7 +113,7 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
 class ModelUnderTest:
     """One model of a run: its card, runtime, images (in the model's input space) and targets."""
 
-    def __init__(self, path: str | Path, config: RunConfig):
+    def __init__(self, path: str | Path, config: RunConfig, expose_embedding: bool = False):
         from harness.attribution import Context
         from harness.data import load_dataset, normalise
         from harness.model_card import read_card
@@ -129,7 +129,10 @@ class ModelUnderTest:
             raise HarnessError(f"{self.name}: its card names no dataset; give --dataset")
         self.data = load_dataset(source, self.card, n=config.images, seed=config.seed)
         self.x = normalise(self.data.images, self.card.mean, self.card.std)
-        self.runtime = GradientRuntime(proto, max_batch=config.batch_size, layout=self.card.layout)
+        if expose_embedding and not self.card.embedding:
+            raise HarnessError(f"{self.name}: its card names no embedding tensor")
+        self.runtime = GradientRuntime(proto, max_batch=config.batch_size, layout=self.card.layout,
+                                       exposed=[self.card.embedding] if expose_embedding else [])
         predicted = self.runtime.forward(self.x).argmax(axis=1)
         self.targets = np.where(self.data.labels >= 0, self.data.labels, predicted)
         references = load_dataset(source, self.card, n=16, seed=config.seed + 1)

@@ -76,14 +76,15 @@ class GradientRuntime:
     """Batched logits and input gradients of one classifier under ONNX Runtime.
 
     ``model`` is a path or a ModelProto; ``output`` names the logits when the model has several outputs;
-    ``taps`` are intermediate tensors returned with their gradients. ``layout="NHWC"`` serves a
+    ``taps`` are intermediate tensors returned with their gradients; ``exposed`` are intermediate tensors the
+    forward pass returns too (e.g. a penultimate embedding, :meth:`forward_tensor`). ``layout="NHWC"`` serves a
     channels-last model through the harness's NCHW arrays: images are transposed on the way in and input
     gradients on the way out.
     """
 
     def __init__(self, model: onnx.ModelProto | str | Path, output: str | None = None, taps: Iterable[str] = (),
                  max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None, provider: str | None = None,
-                 use_cache: bool = True, layout: str = "NCHW"):
+                 use_cache: bool = True, layout: str = "NCHW", exposed: Iterable[str] = ()):
         import onnxruntime as ort
 
         from harness.onnx_io import load_model
@@ -110,8 +111,10 @@ class GradientRuntime:
         # ONNX Runtime runs every node of a graph whatever outputs are asked for, so forward passes get a
         # session of their own on the source model (measured: the gradient graph's logits alone cost a
         # full gradient call).
+        self.exposed = tuple(dict.fromkeys(exposed))
         self.forward_session = ort.InferenceSession(
-            forward_model(source, self.signature.output_name).SerializeToString(), options, providers=providers)
+            forward_model(source, [self.signature.output_name, *self.exposed]).SerializeToString(), options,
+            providers=providers)
         if self.provider not in _announced:
             log.info("onnxruntime %s: running on %s", ort.__version__, self.provider)
             _announced.add(self.provider)
@@ -155,6 +158,12 @@ class GradientRuntime:
         """Logits of a batch [N, ...] (computed in chunks of ``max_batch``)."""
         # Only the forward half of the gradient graph runs: ONNX Runtime computes what the outputs need.
         return self._batched([self.signature.output_name], self._to_model(x), None, self.forward_session)[0]
+
+    def forward_tensor(self, x: np.ndarray, name: str) -> np.ndarray:
+        """Values of the ``exposed`` tensor ``name`` for a batch, batched like :meth:`forward`."""
+        if name not in self.exposed:
+            raise HarnessError(f"tensor {name!r} is not exposed by this runtime (exposed: {list(self.exposed)})")
+        return self._batched([name], self._to_model(x), None, self.forward_session)[0]
 
     def gradients(self, x: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits [N, K] and the gradient of sum(seed * logits) w.r.t. x, both batched."""
@@ -233,14 +242,14 @@ class GradientRuntime:
         return x
 
 
-def forward_model(source: onnx.ModelProto, output: str) -> onnx.ModelProto:
-    """A copy of ``source`` whose only output is the tensor ``output`` (the logits, or e.g. an embedding)."""
+def forward_model(source: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """A copy of ``source`` whose outputs are the tensors ``outputs`` (the logits, and e.g. an embedding)."""
     from harness.gradients.builder import tensor_value_info
 
     model = onnx.ModelProto()
     model.CopyFrom(source)
     del model.graph.output[:]
-    model.graph.output.append(tensor_value_info(source, output))
+    model.graph.output.extend(tensor_value_info(source, output) for output in outputs)
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
     return model

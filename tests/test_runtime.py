@@ -116,6 +116,16 @@ def test_taps_come_back_batched(images):
     close(c_grads, grads)
 
 
+def test_exposed_tensors_come_from_the_forward_pass_batched(images):
+    x, seed = images
+    exposed = GradientRuntime(DIGITS, exposed=[TAP], max_batch=3, use_cache=False)
+    tapped = GradientRuntime(DIGITS, taps=[TAP], max_batch=64, use_cache=False)
+    close(exposed.forward_tensor(x, TAP), tapped.gradients_with_taps(x, seed)[2][TAP][0])
+    close(exposed.forward(x), tapped.forward(x))
+    with pytest.raises(HarnessError, match="not exposed"):
+        tapped.forward_tensor(x, TAP)
+
+
 # -- the on-disk cache --------------------------------------------------------------------------------------
 def cached_files(folder: Path) -> list[Path]:
     return sorted(folder.iterdir()) if folder.exists() else []

@@ -29,20 +29,6 @@ def sampler_groups() -> dict:
     return groups
 
 
-def embedding_session(model):
-    """An ONNX Runtime session of the model with its embedding tensor as the only output."""
-    import onnxruntime as ort
-
-    from harness.errors import HarnessError
-    from harness.onnx_io import load_model
-    from harness.runtime import forward_model
-
-    if not model.card.embedding:
-        raise HarnessError(f"{model.name}: its card names no embedding tensor")
-    proto = forward_model(load_model(model.path), model.card.embedding)
-    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
 @register("alignment")
 def run(config, quiet: bool = False) -> list[Path]:
     from sklearn.decomposition import KernelPCA
@@ -54,14 +40,10 @@ def run(config, quiet: bool = False) -> list[Path]:
     out = Path(config.out) / "experiments"
     rows, written = [], []
     for model_path in config.models:
-        model = ModelUnderTest(model_path, config)
-        session = embedding_session(model)
-        name = session.get_inputs()[0].name
+        model = ModelUnderTest(model_path, config, expose_embedding=True)
 
         def embed(points: np.ndarray) -> np.ndarray:
-            parts = [session.run(None, {name: points[i:i + config.batch_size].astype(np.float32)})[0]
-                     for i in range(0, len(points), config.batch_size)]
-            return np.concatenate(parts).reshape(len(points), -1)
+            return model.runtime.forward_tensor(points, model.card.embedding).reshape(len(points), -1)
 
         per_image = max(1, -(-PER_GROUP // len(model.x)))
         embeddings = {"natural": embed(model.x)}
