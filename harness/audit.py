@@ -38,7 +38,8 @@ class Check:
 
 
 def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_facts: dict | None = None,
-              count: int = 8, seed: int = DEFAULT_SEED, methods=AUDIT_METHODS) -> tuple[Path, list[Check]]:
+              card_file: str | Path | None = None, count: int = 8, seed: int = DEFAULT_SEED,
+              methods=AUDIT_METHODS) -> tuple[Path, list[Check]]:
     """Run every check on ``model_path`` with up to ``count`` images from ``images``; write
     ``<out>/audit.html``. Returns the report's path and the checks."""
     from harness.model_card import ModelCardError, read_card
@@ -46,10 +47,8 @@ def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_
 
     proto = load_model(model_path)
     checks: list[Check] = []
-    overrides = dict(card_facts or {})
-    sidecar = overrides.pop("card_file", None)
     try:
-        card = read_card(proto, model_path=model_path, sidecar=sidecar, overrides=overrides)
+        card = read_card(proto, model_path=model_path, sidecar=card_file, overrides=card_facts or {})
         checks.append(Check("model card", "PASS", f"{card.layout} {list(card.input_size)}, {card.num_classes} "
                             f"classes, mean {list(card.mean)}, std {list(card.std)}"))
     except ModelCardError as error:
@@ -87,13 +86,12 @@ def _skipped(reason: str) -> list[Check]:
 
 def _load_images(images, card, count):
     from harness.data import load_dataset
-    from harness.data.folders import DataWarning
+    from harness.data.folders import SkippedFileWarning
 
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
+        warnings.simplefilter("always", SkippedFileWarning)
         data = load_dataset(images, card, n=count)
-    skipped = [str(w.message) for w in caught if issubclass(w.category, DataWarning)
-               and str(w.message).startswith("skipped ") and " unusable " not in str(w.message)]
+    skipped = [str(w.message) for w in caught if issubclass(w.category, SkippedFileWarning)]
     return data, skipped
 
 

@@ -362,9 +362,8 @@ def audit(model, images, count, out, seed, **card_facts):
     from harness.audit import run_audit
 
     card_file = card_facts.pop("card_file")
-    facts = {**_card_overrides(**card_facts), "card_file": card_file}
-    report, checks = run_audit(model, images, out or Path("reports") / f"audit-{Path(model).stem}", facts,
-                               count=count, seed=seed)
+    report, checks = run_audit(model, images, out or Path("reports") / f"audit-{Path(model).stem}",
+                               _card_overrides(**card_facts), card_file=card_file, count=count, seed=seed)
     for check in checks:
         click.echo(f"{check.verdict:8} {check.name}: {check.detail}")
     click.echo(f"report {report}")

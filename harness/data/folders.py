@@ -46,6 +46,10 @@ class DataWarning(UserWarning):
     """An image was skipped (or loaded with a caveat); the message names the file."""
 
 
+class SkippedFileWarning(DataWarning):
+    """One file was skipped; the message is ``skipped <name>: <reason>``."""
+
+
 class SkippedImage(DataError):
     """One image file cannot be used soundly; the message says why."""
 
@@ -94,7 +98,7 @@ def load_image_folder(path: str | Path, input_size, label_names=None, limit: int
             images[len(names)] = read_image(file, input_size, max_pixels)
         except SkippedImage as error:
             skipped += 1
-            warnings.warn(f"skipped {name}: {error}", DataWarning, stacklevel=2)
+            warnings.warn(f"skipped {name}: {error}", SkippedFileWarning, stacklevel=2)
             continue
         labels.append(label)
         names.append(name)
@@ -276,7 +280,7 @@ def _csv_entries(table: Path, label_names):
         file = base / name
         if not file.is_file():
             warnings.warn(f"skipped {name}: row {number} of {table} names a file that does not exist",
-                          DataWarning, stacklevel=3)
+                          SkippedFileWarning, stacklevel=3)
             continue
         entries.append((name, file, index))
     return entries, classes
