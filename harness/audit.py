@@ -58,14 +58,13 @@ def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_
     data, skipped = _load_images(images, card, count)
     checks.append(Check("images", "PASS" if not skipped else "WARN",
                         f"{len(data)} images loaded" + (f"; skipped: {'; '.join(skipped)}" if skipped else "")))
-    from harness.attribution import Context, explain
+    from harness.attribution import Context, explain, labels_or_predictions
     from harness.data import normalise
     from harness.runtime import GradientRuntime
 
     x = normalise(data.images, card.mean, card.std)
     runtime = GradientRuntime(proto, layout=card.layout)
-    predicted = runtime.forward(x).argmax(axis=1)
-    labels = np.where(data.labels >= 0, data.labels, predicted)
+    labels, predicted = labels_or_predictions(runtime, x, data.labels)
     if (data.labels >= 0).any():
         known = data.labels >= 0
         accuracy = float((predicted[known] == data.labels[known]).mean())
@@ -114,12 +113,14 @@ def _gradient_check(runtime, x, labels, seed) -> Check:
 
 def _certainty(x, explanations: dict, methods) -> Check:
     from harness.metrics import get_metric
+    from harness.metrics.certainty import normalised_to_reference
 
     mi = get_metric("mi")
-    means = {m: float(np.nanmean(mi(images=x, attributions=explanations[m]))) for m in methods}
-    reference = means.get("ig")
-    table = [{"method": m, "mi (nats)": f"{v:.4f}",
-              "mi / ig": f"{v / reference:.3f}" if reference else "–"} for m, v in means.items()]
+    values = {m: mi(images=x, attributions=explanations[m]) for m in methods}
+    means = {m: float(np.nanmean(v)) for m, v in values.items()}
+    ratios = normalised_to_reference(values) if "ig" in values else {}
+    table = [{"method": m, "mi (nats)": f"{v:.4f}", "mi / ig": f"{ratios[m]:.3f}" if m in ratios else "–"}
+             for m, v in means.items()]
     best = max(means, key=means.get)
     return Check("explanation certainty", "INFO", f"highest mutual information: {best}", table)
 
@@ -128,8 +129,8 @@ def _sanity(proto, runtime, x, labels, context, seed, explanations: dict) -> lis
     """Parameter randomisation (every parameterised layer re-drawn at once, Adebayo et al. 2018) and the random-
     logit check, for each sanity method; similarity by SSIM of the min-max scaled |maps|."""
     from harness.attribution import explain
-    from harness.metrics.randomisation import (parameterised_layers, random_logit_attributions, randomise_layers,
-                                               similarity)
+    from harness.metrics.randomisation import (parameterised_layers, random_logit_attributions,
+                                               random_logit_similarity, randomise_layers, similarity)
     from harness.runtime import GradientRuntime
 
     randomised = GradientRuntime(randomise_layers(proto, parameterised_layers(proto), seed), use_cache=False,
@@ -142,7 +143,7 @@ def _sanity(proto, runtime, x, labels, context, seed, explanations: dict) -> lis
         parameter_rows.append({"method": method, "spearman": f"{np.nanmean(scores['spearman']):.3f}",
                                "ssim": float(np.nanmean(scores["ssim"]))})
         other, _ = random_logit_attributions(runtime, x, labels, method, context, seed)
-        logit_rows.append({"method": method, "ssim": float(np.nanmean(similarity(trained, other, ("ssim",))["ssim"]))})
+        logit_rows.append({"method": method, "ssim": float(np.nanmean(random_logit_similarity(trained, other)))})
     checks = []
     for name, rows, limit, what in (
             ("parameter randomisation", parameter_rows, SIMILARITY_LIMIT,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.data import normalise
 from harness.visual import heatmap_rgb, image_rgb
 
 FIGURES_DIR = "figures"
@@ -22,6 +23,15 @@ def pyplot():
     return plt
 
 
+def save_figure(figure, path: Path) -> Path:
+    """Lay out, write as PNG (110 dpi) creating the folder, and close ``figure``; returns ``path``."""
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    pyplot().close(figure)
+    return path
+
+
 def gallery(store, run_dir: Path) -> dict[str, str]:
     """Per model: rows of images; the input, then each method's heatmap ("bwr", min-max normalised), first as
     is and then × input. Returns {model: path relative to ``run_dir``}."""
@@ -31,20 +41,19 @@ def gallery(store, run_dir: Path) -> dict[str, str]:
     for model, method, image, _, array in store.arrays("map"):
         maps[model][image][method] = array
     written = {}
+    configured = (store.fact("config") or {}).get("methods", [])
     for model, per_image in maps.items():
         card = (store.fact(f"model:{model}") or {}).get("card", {})
-        mean = np.asarray(card.get("mean", [0.0]), np.float32).reshape(-1, 1, 1)
-        std = np.asarray(card.get("std", [1.0]), np.float32).reshape(-1, 1, 1)
         images = sorted(per_image)
         present = {m for per_method in per_image.values() for m in per_method}
-        configured = (store.fact("config") or {}).get("methods", [])
         methods = [m for m in configured if m in present] + sorted(present - set(configured))
         columns = 1 + 2 * len(methods)
         figure, axes = plt.subplots(len(images), columns, figsize=(1.3 * columns, 1.4 * len(images)),
                                     squeeze=False)
         for r, image in enumerate(images):
             pixels = inputs.get((model, image))
-            x = None if pixels is None else (pixels - mean) / std
+            x = None if pixels is None else normalise(pixels[None], card.get("mean", [0.0] * len(pixels)),
+                                                      card.get("std", [1.0] * len(pixels)))[0]
             panels = [("image", None if pixels is None else image_rgb(pixels))]
             panels += [(m, heatmap_rgb(per_image[image][m]) if m in per_image[image] else None) for m in methods]
             panels += [(f"{m}\n× input", heatmap_rgb(per_image[image][m] * x)
@@ -56,11 +65,8 @@ def gallery(store, run_dir: Path) -> dict[str, str]:
                     axis.imshow(panel, interpolation="nearest")
                 if r == 0:
                     axis.set_title(title, fontsize=7)
-        figure.tight_layout()
         relative = f"{FIGURES_DIR}/gallery-{model}.png"
-        (run_dir / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
-        figure.savefig(run_dir / relative, dpi=110)
-        plt.close(figure)
+        save_figure(figure, run_dir / relative)
         written[model] = relative
     return written
 
@@ -93,9 +99,6 @@ def figure_5(tables: dict, run_dir: Path) -> str | None:
     axis.set_ylabel("MI / MI of IG")
     axis.set_title("Explanation certainty normalised to IG (mean, 95% bootstrap CI)", fontsize=9)
     axis.legend(fontsize=7, ncol=min(5, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.1))
-    figure.tight_layout()
     relative = f"{FIGURES_DIR}/figure5-normalised-mi.png"
-    (run_dir / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
-    figure.savefig(run_dir / relative, dpi=110)
-    plt.close(figure)
+    save_figure(figure, run_dir / relative)
     return relative

@@ -24,6 +24,7 @@ BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "exported_models"
 DEFAULT_METHODS = ("vanilla", "smoothgrad", "ig", "guided-ig", "suppression", "blur-ig", "expected-gradients")
 DEFAULT_METRICS = ()         # empty: every registered metric (each model gets those whose inputs it has)
 REFERENCE_METHOD = "ig"
+REFERENCE_IMAGES = 16        # Expected Gradients' reference set
 
 
 @dataclass
@@ -88,6 +89,9 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
         for model_path in config.models:
             model = ModelUnderTest(model_path, config)
             store.set_fact(f"model:{model.name}", model.facts())
+            with store.transaction():   # the gallery's input images, once per model
+                for i in range(min(config.gallery, len(model.data))):
+                    store.add_array("input", model.name, "", model.data.names[i], config.seed, model.pixels(i))
             applicable = {k: m for k, m in metrics.items() if model.can_compute(m)}
             bar = tqdm(total=len(methods) * len(model.data), desc=model.name, disable=quiet, unit="image")
             for method_name, method in methods.items():
@@ -103,8 +107,6 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
                         for i, attribution in maps.items():
                             store.add_array("map", model.name, method_name, model.data.names[i], config.seed,
                                             attribution)
-                            store.add_array("input", model.name, "", model.data.names[i], config.seed,
-                                            model.pixels(i))
                     bar.update(len(chunk))
             bar.close()
     return run_dir
@@ -114,7 +116,7 @@ class ModelUnderTest:
     """One model of a run: its card, runtime, images (in the model's input space) and targets."""
 
     def __init__(self, path: str | Path, config: RunConfig, expose_embedding: bool = False):
-        from harness.attribution import Context
+        from harness.attribution import Context, labels_or_predictions
         from harness.data import load_dataset, normalise
         from harness.model_card import read_card
         from harness.onnx_io import content_hash, load_model
@@ -133,10 +135,18 @@ class ModelUnderTest:
             raise HarnessError(f"{self.name}: its card names no embedding tensor")
         self.runtime = GradientRuntime(proto, max_batch=config.batch_size, layout=self.card.layout,
                                        exposed=[self.card.embedding] if expose_embedding else [])
-        predicted = self.runtime.forward(self.x).argmax(axis=1)
-        self.targets = np.where(self.data.labels >= 0, self.data.labels, predicted)
-        references = load_dataset(source, self.card, n=16, seed=config.seed + 1)
-        self.context = Context.from_card(self.card, normalise(references.images, self.card.mean, self.card.std))
+        self.targets, _ = labels_or_predictions(self.runtime, self.x, self.data.labels)
+        self.context = Context.from_card(self.card, normalise(self._references(source, config), self.card.mean,
+                                                              self.card.std))
+
+    def _references(self, source, config: RunConfig) -> np.ndarray:
+        """Reference pixels (Expected Gradients' baselines): 16 more images from a generator (the next seed);
+        from a folder its first 16, which the images under test already hold when there are that many."""
+        from harness.data import DATASETS, load_dataset
+
+        if str(source) not in DATASETS and len(self.data) >= REFERENCE_IMAGES:
+            return self.data.images[:REFERENCE_IMAGES]
+        return load_dataset(source, self.card, n=REFERENCE_IMAGES, seed=config.seed + 1).images
 
     def facts(self) -> dict:
         return {"path": str(self.path), "hash": self.hash, "card": {k: v for k, v in asdict(self.card).items()},

@@ -84,8 +84,9 @@ class ResultsStore:
     def add_results(self, model: str, method: str, parameters: dict, seed: int, model_hash: str,
                     values: dict[str, dict[str, float]]) -> None:
         """``values[image][metric]`` rows; existing rows stay (a rerun never duplicates or overwrites)."""
-        rows = [(model, method, image, seed, metric, None if not np.isfinite(v) else float(v),
-                 json.dumps(parameters, sort_keys=True, default=str), model_hash, self._versions)
+        described = json.dumps(parameters, sort_keys=True, default=str)
+        rows = [(model, method, image, seed, metric, None if not np.isfinite(v) else float(v), described,
+                 model_hash, self._versions)
                 for image, metrics in values.items() for metric, v in metrics.items()]
         self.connection.executemany("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 

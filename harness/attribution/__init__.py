@@ -16,7 +16,13 @@ from harness.attribution.samplers import SAMPLERS, Context, SamplingError
 from harness.errors import HarnessError
 
 __all__ = ["NAMED_METHODS", "SAMPLERS", "Context", "Method", "SamplingError", "attribute", "explain",
-           "get_method", "method_names", "resolve_targets"]
+           "get_method", "labels_or_predictions", "method_names", "resolve_targets"]
+
+
+def labels_or_predictions(runtime, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N] the label where it is known (>= 0), else the predicted class; and [N] the predictions."""
+    predicted = runtime.forward(np.asarray(x, np.float32)).argmax(axis=1)
+    return np.where(np.asarray(labels) >= 0, labels, predicted), predicted
 
 
 def resolve_targets(runtime, x: np.ndarray, labels=None, classes=None, top_k: int | None = None) -> np.ndarray:

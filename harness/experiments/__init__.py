@@ -11,6 +11,8 @@ EXPERIMENTS: dict[str, Callable] = {}
 
 def register(name: str):
     def decorate(function: Callable) -> Callable:
+        if name in EXPERIMENTS:
+            raise HarnessError(f"experiment {name} is registered twice")
         EXPERIMENTS[name] = function
         return function
 

@@ -71,7 +71,7 @@ def run(config, quiet: bool = False) -> list[Path]:
 
 
 def _figure(model: str, projection, bounds, groups, centres, path: Path) -> Path:
-    from harness.figures import pyplot
+    from harness.figures import pyplot, save_figure
 
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 5))
@@ -85,8 +85,4 @@ def _figure(model: str, projection, bounds, groups, centres, path: Path) -> Path
         axis.scatter(*centres[group], s=80, marker="X", color=colour, edgecolor="white", label=group, zorder=3)
     axis.set(title=f"{model}: embeddings, cosine kernel PCA", xlabel="component 1", ylabel="component 2")
     axis.legend(fontsize=6, ncol=2, markerscale=0.7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -15,8 +15,6 @@ PAIR = ("shapes_resnet", "shapes_resnet_augmented")
 
 @register("augmentation")
 def run(config, quiet: bool = False) -> list[Path]:
-    from dataclasses import replace
-
     from harness.attribution import explain, get_method
     from harness.errors import HarnessError
     from harness.leaderboard import BUNDLED_MODELS_DIR, ModelUnderTest
@@ -29,7 +27,7 @@ def run(config, quiet: bool = False) -> list[Path]:
     mi = get_metric("mi")
     out = Path(config.out) / "experiments"
     maps, rows = {}, []
-    models = {name: ModelUnderTest(path, replace(config, models=[path])) for name, path in paths.items()}
+    models = {name: ModelUnderTest(path, config) for name, path in paths.items()}
     for method_name in config.methods:
         method = get_method(method_name, **config.method_parameters.get(method_name, {}))
         scores = {}
@@ -46,7 +44,7 @@ def run(config, quiet: bool = False) -> list[Path]:
 
 
 def _figure(models: dict, maps: dict, methods: list, path: Path) -> Path:
-    from harness.figures import pyplot
+    from harness.figures import pyplot, save_figure
     from harness.visual import heatmap_rgb, image_rgb
 
     plt = pyplot()
@@ -62,8 +60,4 @@ def _figure(models: dict, maps: dict, methods: list, path: Path) -> Path:
         for axis in axes[r]:
             axis.set_xticks([])
             axis.set_yticks([])
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -24,9 +24,9 @@ def run(config, quiet: bool = False) -> list[Path]:
     rows, written = [], []
     for model_path in config.models:
         model = ModelUnderTest(model_path, config)
-        dropped = {keep: np.stack([Suppression(samples=1, p=1 - keep).draw(x, image_rng(config.seed, x),
-                                                                          model.context).points[0]
-                                   for x in model.x]) for keep in KEEP_RATIOS}
+        droppers = {keep: Suppression(samples=1, p=1 - keep) for keep in KEEP_RATIOS}
+        dropped = {keep: np.stack([dropper.draw(x, image_rng(config.seed, x), model.context).points[0]
+                                   for x in model.x]) for keep, dropper in droppers.items()}
         for keep, points in dropped.items():
             probabilities = softmax(model.runtime.forward(points), axis=1)
             rows.append({"model": model.name, "keep_ratio": keep,
@@ -41,7 +41,7 @@ def run(config, quiet: bool = False) -> list[Path]:
 
 
 def _figure(model, dropped: dict, path: Path) -> Path:
-    from harness.figures import pyplot
+    from harness.figures import pyplot, save_figure
     from harness.visual import image_rgb
 
     plt = pyplot()
@@ -52,8 +52,4 @@ def _figure(model, dropped: dict, path: Path) -> Path:
         axis.imshow(image_rgb(points[0] * std + mean), interpolation="nearest")
         axis.set_title(f"keep {keep:.0%}", fontsize=8)
         axis.axis("off")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -47,7 +47,7 @@ def run(config, quiet: bool = False, samples: int = 20) -> list[Path]:
 
 
 def _figure(rows: list[dict], path: Path) -> Path:
-    from harness.figures import pyplot
+    from harness.figures import pyplot, save_figure
 
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
@@ -61,8 +61,4 @@ def _figure(rows: list[dict], path: Path) -> Path:
     right.set(xlabel="p (share of pixels dropped)", ylabel="RMS gradient norm / max", title="activation")
     left.axvspan(0.6, 0.8, color="grey", alpha=0.15)
     right.legend(fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
