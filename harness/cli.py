@@ -20,6 +20,7 @@ import click
 
 from harness import DEFAULT_SEED, __version__
 from harness.errors import HarnessError
+from harness.gradcheck import DEFAULT_TOLERANCE
 
 BAD_INPUT_EXIT = 2
 BUNDLED_DEFAULT = Path(__file__).resolve().parent.parent / "exported_models" / "digits_cnn.onnx"
@@ -67,25 +68,6 @@ def _quiet(own_flag: bool) -> bool:
     return own_flag or bool((root or {}).get("quiet"))
 
 
-@main.command()
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the gradient model.")
-@click.option("--output", default=None, help="The output to differentiate (needed when the model has several).")
-@click.option("--input", "input_name", default=None, help="The image input (needed when the model has several float inputs).")
-@click.option("--tap", "taps", multiple=True, help="Intermediate tensor to expose with its gradient (repeatable).")
-@user_errors
-def gradgraph(model, out, output, input_name, taps):
-    """Write MODEL with an input-gradient graph added (inputs: image, grad_seed; outputs: logits, input_grad)."""
-    from harness.gradients import add_input_gradient
-    from harness.onnx_io import load_model, write_atomically
-
-    grad_model = add_input_gradient(load_model(model), output=output, taps=taps, input=input_name)
-    write_atomically(out, grad_model.SerializeToString())
-    click.echo(f"wrote {out}: {len(grad_model.graph.node)} nodes; inputs "
-               f"{[i.name for i in grad_model.graph.input if i.name not in {t.name for t in grad_model.graph.initializer}]}, "
-               f"outputs {[o.name for o in grad_model.graph.output]}")
-
-
 def card_options(command):
     """The model-card facts a user can give for a model without a card (or to correct one)."""
     options = [
@@ -94,45 +76,92 @@ def card_options(command):
         click.option("--input-name", default=None, help="Card fact: the image input's name."),
         click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None, help="Card fact: input layout."),
         click.option("--input-size", nargs=3, type=int, default=None, help="Card fact: channels height width."),
-        click.option("--mean", multiple=True, type=float, help="Card fact: per-channel mean (repeat per channel)."),
-        click.option("--std", multiple=True, type=float, help="Card fact: per-channel std (repeat per channel)."),
+        click.option("--mean", multiple=True, type=float,
+                     help="Card fact: per-channel mean, in pixel-range units (repeat per channel)."),
+        click.option("--std", multiple=True, type=float,
+                     help="Card fact: per-channel std, in pixel-range units (repeat per channel)."),
+        click.option("--pixel-range", nargs=2, type=float, default=None,
+                     help="Card fact: the values that pixels 0 and 1 take for the model (e.g. 0 255; default 0 1)."),
+        click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), default=None,
+                     help="Card fact: the model's channel order (default RGB)."),
         click.option("--labels", "labels_file", type=click.Path(dir_okay=False),
-                     help="Card fact: a text file with one class name per line."),
+                     help="Card fact: a text file with one class name per line (default: class indices)."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _card_overrides(input_name=None, layout=None, input_size=None, mean=(), std=(), labels_file=None) -> dict:
+def _card_overrides(input_name=None, layout=None, input_size=None, mean=(), std=(), pixel_range=None,
+                    channel_order=None, labels_file=None) -> dict:
     """The card options as read_card overrides (None where not given)."""
     return {"input_name": input_name, "layout": layout, "input_size": list(input_size) if input_size else None,
             "mean": list(mean) or None, "std": list(std) or None,
+            "pixel_range": list(pixel_range) if pixel_range else None, "channel_order": channel_order,
             "labels_file": str(Path(labels_file).resolve()) if labels_file else None}
 
 
-def _read_card(proto, model, card_file=None, **card_facts):
+def _read_card(proto, model, card_file=None, input_alias=None, **card_facts):
+    """The model's card from its metadata, sidecar and the card options; ``input_alias`` is a command's own
+    ``--input``, the same fact as ``--input-name``."""
     from harness.model_card import read_card
 
+    if input_alias is not None:
+        if card_facts.get("input_name") not in (None, input_alias):
+            raise HarnessError(f"--input {input_alias!r} and --input-name {card_facts['input_name']!r} disagree")
+        card_facts["input_name"] = input_alias
     return read_card(proto, model_path=model, sidecar=card_file, overrides=_card_overrides(**card_facts))
+
+
+INPUT_OPTION = click.option("--input", "input_alias", default=None,
+                            help="The image input (the same as --input-name; needed when there are several).")
+OUTPUT_OPTION = click.option("--output", default=None,
+                             help="The output to differentiate (needed when the model has several).")
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the gradient model.")
+@OUTPUT_OPTION
+@INPUT_OPTION
+@click.option("--tap", "taps", multiple=True, help="Intermediate tensor to expose with its gradient (repeatable).")
+@card_options
+@user_errors
+def gradgraph(model, out, output, input_alias, taps, **card_facts):
+    """Write MODEL with an input-gradient graph added (inputs: image, grad_seed; outputs: logits, input_grad)."""
+    from harness.gradients.builder import preparation_notes
+    from harness.onnx_io import load_model, write_atomically
+    from harness.runtime import build_gradient_model
+
+    proto = load_model(model)
+    card = _read_card(proto, model, input_alias=input_alias, **card_facts)
+    grad_model = build_gradient_model(proto, card, output=output, taps=taps)
+    write_atomically(out, grad_model.SerializeToString())
+    click.echo(f"wrote {out}: {len(grad_model.graph.node)} nodes; inputs "
+               f"{[i.name for i in grad_model.graph.input if i.name not in {t.name for t in grad_model.graph.initializer}]}, "
+               f"outputs {[o.name for o in grad_model.graph.output]}")
+    for note in preparation_notes(grad_model):
+        click.echo(f"  prepared: {note}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@OUTPUT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @card_options
 @user_errors
-def inspect(model, as_json, **card_facts):
-    """Print MODEL's inputs, outputs, opsets, op histogram, ops without gradient rules, and its model card."""
-    from harness.gradients import supported_op_types
-    from harness.model_card import ModelCardError
+def inspect(model, output, as_json, **card_facts):
+    """Print MODEL's inputs, outputs, opsets, op histogram, its model card, and whether the gradient pass takes
+    it (the same preparation and checks as gradgraph: what it would change, or why it refuses)."""
+    from harness.gradients.builder import preparation_notes
+    from harness.model_card import ModelCard, ModelCardError
     from harness.onnx_io import load_model
+    from harness.runtime import build_gradient_model
 
     proto = load_model(model)
     initializers = {t.name for t in proto.graph.initializer}
     histogram = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
                         for node in proto.graph.node)
-    supported = set(supported_op_types())
     report = {
         "model": str(model),
         "ir_version": proto.ir_version,
@@ -141,32 +170,59 @@ def inspect(model, as_json, **card_facts):
         "outputs": [_describe(o) for o in proto.graph.output],
         "parameters": int(sum(_numel(t) for t in proto.graph.initializer)),
         "op_histogram": dict(histogram.most_common()),
-        "ops_without_gradient_rules": sorted(op for op in histogram if op not in supported),
     }
     try:
         card = _read_card(proto, model, **card_facts)
-        report["model_card"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(card).items()}
+        report["model_card"] = _card_report(card)
     except ModelCardError as error:
+        card = ModelCard()
         report["model_card"] = None
         report["model_card_problem"] = str(error)
+    try:
+        grad_model = build_gradient_model(proto, card, output=output)
+        report["gradient"] = {"supported": True, "notes": preparation_notes(grad_model)}
+    except HarnessError as error:
+        report["gradient"] = {"supported": False, "reason": str(error)}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    _print_inspection(report)
+
+
+def _card_report(card) -> dict:
+    facts = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(card).items() if k != "sources"}
+    facts["from_graph"] = sorted(k for k, source in card.sources.items() if source == "graph")
+    return facts
+
+
+def _print_inspection(report: dict) -> None:
     click.echo(f"{report['model']}  (IR {report['ir_version']}, opsets {report['opsets']}, "
                f"{report['parameters']:,} parameters)")
     for kind in ("inputs", "outputs"):
         for entry in report[kind]:
             click.echo(f"  {kind[:-1]:6} {entry['name']}: {entry['type']} {entry['shape']}")
     click.echo("  ops    " + ", ".join(f"{op}:{count}" for op, count in report["op_histogram"].items()))
-    missing = report["ops_without_gradient_rules"]
-    click.echo("  ops without gradient rules: " + (", ".join(missing) if missing else "none"))
+    gradient = report["gradient"]
+    if gradient["supported"]:
+        click.echo("  gradient: supported" + ("" if gradient["notes"] else " as it is"))
+        for note in gradient["notes"]:
+            click.echo(f"    prepared: {note}")
+    else:
+        click.echo(f"  gradient: refused: {gradient['reason']}")
     card = report["model_card"]
     if card is None:
         click.echo(f"  model card: {report['model_card_problem']}")
         return
-    click.echo(f"  model card: {card['layout']} {card['input_size']}, mean {card['mean']}, std {card['std']}, "
-               f"{len(card['labels'])} classes, embedding {card['embedding']}")
-    for key in ("architecture", "made_by"):
+    shown = lambda v: "not stated" if v is None else v  # noqa: E731
+    click.echo(f"  model card: input {shown(card['input_name'])}, {shown(card['layout'])} {shown(card['input_size'])}"
+               + (f" (from the graph: {', '.join(card['from_graph'])})" if card["from_graph"] else ""))
+    click.echo(f"    preprocessing: pixel range {card['pixel_range'] or [0.0, 1.0]}, mean {shown(card['mean'])}, std "
+               f"{shown(card['std'])}, channels {card['channel_order'] or 'RGB'}"
+               if card["mean"] is not None or card["std"] is not None or card["pixel_range"] is not None
+               else "    preprocessing: not stated (needed to read images; give --mean/--std or --pixel-range)")
+    click.echo(f"    labels: {len(card['labels'])} classes" if card["labels"] is not None
+               else "    labels: not stated (classes are named by their indices)")
+    for key in ("embedding", "architecture", "made_by"):
         if card[key]:
             click.echo(f"    {key}: {card[key]}")
     for key, value in card["extras"].items():
@@ -176,15 +232,21 @@ def inspect(model, as_json, **card_facts):
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--images", default=4, type=click.IntRange(min=1), help="How many random inputs to check.")
-@click.option("--directions", default=8, type=click.IntRange(min=1), help="Random directions per input.")
-@click.option("--tolerance", default=5e-2, help="Largest accepted relative L2 error.")
-@click.option("--output", default=None, help="The output to differentiate (needed when the model has several).")
+@click.option("--directions", default=4, type=click.IntRange(min=1), help="Random directions per input.")
+@click.option("--tolerance", default=DEFAULT_TOLERANCE, help="Largest accepted relative L2 error.")
+@OUTPUT_OPTION
+@INPUT_OPTION
 @click.option("--seed", default=DEFAULT_SEED, help="Seed of the random inputs and directions.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@card_options
 @user_errors
-def check(model, images, directions, tolerance, output, seed, as_json):
+def check(model, images, directions, tolerance, output, input_alias, seed, as_json, **card_facts):
     """Check MODEL's gradient graph against finite differences on random inputs; exit 1 when it fails."""
-    result = _gradient_check(Path(model), images, directions, tolerance, output, seed)
+    from harness.onnx_io import load_model
+
+    proto = load_model(model)
+    card = _read_card(proto, model, input_alias=input_alias, **card_facts)
+    result = _gradient_check(proto, card, images, directions, tolerance, output, seed)
     _print_check(model, result, as_json)
     sys.exit(0 if result.passed else 1)
 
@@ -225,7 +287,7 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
     import numpy as np
 
     from harness.attribution import Context, explain as explain_images, get_method
-    from harness.data import load_dataset, normalise
+    from harness.data import load_dataset
     from harness.onnx_io import load_model, write_atomically
     from harness.runtime import GradientRuntime
 
@@ -239,19 +301,21 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
     if image is not None:
         from harness.data.folders import read_image
 
+        card.require("preprocessing", why="to read --image")
         pixels = read_image(image, card.input_size)
-        x = normalise(pixels[None], card.mean, card.std)
+        x = card.to_model(pixels[None])
     else:
+        card.require("input_size", why="to check the shape of --tensor")
         x = _load_tensor(tensor, card.input_size)
     refs = None
     if references is not None:
-        refs = normalise(load_dataset(references, card, n=64, seed=seed).images, card.mean, card.std)
+        refs = card.to_model(load_dataset(references, card, n=64, seed=seed).images)
     taps = ()
     if chosen.aggregator == "grad-cam":
         from harness.attribution.gradcam import guess_cam_layer
 
         taps = (layer or guess_cam_layer(proto),)
-    runtime = GradientRuntime(proto, max_batch=batch_size, layout=card.layout, taps=taps)
+    runtime = GradientRuntime.from_card(proto, card, max_batch=batch_size, taps=taps)
     attribution = explain_images(runtime, x, chosen, labels=None if label is None else [label],
                                  context=Context.from_card(card, refs), seed=seed)[0]
     if not np.isfinite(attribution).all():
@@ -423,7 +487,11 @@ def demo(out, images, seed, quiet):
     from harness.leaderboard import RunConfig, run_leaderboard
     from harness.report import write_report
 
-    check = _gradient_check(BUNDLED_DEFAULT, 8, 8, 5e-2, None, seed)
+    from harness.model_card import read_card
+    from harness.onnx_io import load_model
+
+    default = load_model(BUNDLED_DEFAULT)
+    check = _gradient_check(default, read_card(default, BUNDLED_DEFAULT), 8, 4, DEFAULT_TOLERANCE, None, seed)
     _print_check(BUNDLED_DEFAULT.name, check, as_json=False)
     if not check.passed:
         sys.exit(1)
@@ -438,17 +506,24 @@ def demo(out, images, seed, quiet):
                f"images, and the experiments {', '.join(DEMO_EXPERIMENTS)}: {report}")
 
 
-def _gradient_check(path: Path, images: int, directions: int, tolerance: float, output, seed: int):
+def _gradient_check(proto, card, images: int, directions: int, tolerance: float, output, seed: int):
+    """Check the gradient model of ``proto`` on random inputs: random pixels through the card's preprocessing
+    where it states one, else standard normal values in the model's input space."""
     import numpy as np
 
     from harness.gradcheck import check_gradient
-    from harness.runtime import GradientRuntime
+    from harness.runtime import GradientRuntime, ImageAdapter
 
-    runtime = GradientRuntime(path, output=output)
-    shape = [d if d is not None else 1 for d in runtime.signature.input_shape[1:]]
-    if any(d is None for d in runtime.signature.input_shape[1:]):
-        raise HarnessError(f"the input shape {list(runtime.signature.input_shape)} has dynamic image dims")
-    x = np.random.default_rng(seed).standard_normal((images, *shape)).astype(np.float32)
+    runtime = GradientRuntime.from_card(proto, card, output=output)
+    rng = np.random.default_rng(seed)
+    declared = runtime.signature.input_shape[1:]
+    if card.input_size is None and all(isinstance(d, int) for d in declared) and runtime.adapter == ImageAdapter():
+        x = rng.standard_normal((images, *declared)).astype(np.float32)     # a tensor input, fed as it is
+    else:
+        card.require("input_size", why="to draw inputs of the model's size")
+        shape = (images, *card.input_size)
+        x = card.to_model(rng.random(shape, dtype=np.float32)) if card.states_preprocessing else \
+            rng.standard_normal(shape).astype(np.float32)
     return check_gradient(runtime, x, directions=directions, tolerance=tolerance, seed=seed)
 
 
@@ -456,10 +531,17 @@ def _print_check(name, result, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"model": str(name), **result.as_dict()}, indent=2))
         return
-    verdict = "PASS" if result.passed else "FAIL"
-    click.echo(f"{verdict} {name}: gradient graph vs finite differences on {result.images} inputs x "
-               f"{result.directions} directions: relative L2 error {result.relative_error:.2e} "
-               f"(tolerance {result.tolerance:.0e}), cosine {result.cosine:.6f}")
+    verdict = "PASS" if result.passed else ("INCONCLUSIVE" if result.flat else "FAIL")
+    steps = ", ".join(f"{step:g}: {error:.1e}" for step, error in result.errors_by_step.items())
+    click.echo(f"{verdict} {name}: gradient of {result.checked!r} vs finite differences on {result.images} inputs x "
+               f"{result.directions} directions: relative L2 error {result.relative_error:.2e} (tolerance "
+               f"{result.tolerance:.0e}), cosine {result.cosine:.6f}")
+    click.echo(f"  error by relative step (Richardson-extrapolated): {steps}")
+    if result.kinks_frozen:
+        click.echo(f"  {result.kinks_frozen:,} kink units (ReLU, max pool, clip, ...) per input held in their state at "
+                   f"the input; {result.kinks_crossed:,.0f} of them would change state within the step")
+    if result.note:
+        click.echo(f"  {result.note}")
 
 
 def _describe(value_info) -> dict:

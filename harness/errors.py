@@ -13,6 +13,10 @@ class ModelSignatureError(HarnessError):
     """The model has no usable image input or no unambiguous logits output."""
 
 
+class NoGradientPathError(HarnessError):
+    """The output does not depend differentiably on the image: its input gradient would be zero everywhere."""
+
+
 class UnsupportedOpsError(HarnessError):
     """The gradient pass lacks rules for some ops on the path from the image to the output.
 

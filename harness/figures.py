@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data import normalise
+from harness.data import Preprocessing
 from harness.visual import heatmap_rgb, image_rgb
 
 FIGURES_DIR = "figures"
@@ -32,6 +32,14 @@ def save_figure(figure, path: Path) -> Path:
     return path
 
 
+def _model_input(pixels: np.ndarray, card: dict) -> np.ndarray:
+    """An image's model input, from the card facts a results store keeps."""
+    channels = len(pixels)
+    return Preprocessing(tuple(card.get("mean") or [0.0] * channels), tuple(card.get("std") or [1.0] * channels),
+                         tuple(card.get("pixel_range") or (0.0, 1.0)), card.get("channel_order") or "RGB"
+                         ).to_model(pixels[None])[0]
+
+
 def gallery(store, run_dir: Path) -> dict[str, str]:
     """Per model: rows of images; the input, then each method's heatmap ("bwr", min-max normalised), first as
     is and then × input. Returns {model: path relative to ``run_dir``}."""
@@ -52,8 +60,7 @@ def gallery(store, run_dir: Path) -> dict[str, str]:
                                     squeeze=False)
         for r, image in enumerate(images):
             pixels = inputs.get((model, image))
-            x = None if pixels is None else normalise(pixels[None], card.get("mean", [0.0] * len(pixels)),
-                                                      card.get("std", [1.0] * len(pixels)))[0]
+            x = None if pixels is None else _model_input(pixels, card)
             panels = [("image", None if pixels is None else image_rgb(pixels))]
             panels += [(m, heatmap_rgb(per_image[image][m]) if m in per_image[image] else None) for m in methods]
             panels += [(f"{m}\n× input", heatmap_rgb(per_image[image][m] * x)

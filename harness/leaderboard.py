@@ -117,7 +117,7 @@ class ModelUnderTest:
 
     def __init__(self, path: str | Path, config: RunConfig, expose_embedding: bool = False):
         from harness.attribution import Context, labels_or_predictions
-        from harness.data import load_dataset, normalise
+        from harness.data import load_dataset
         from harness.model_card import read_card
         from harness.onnx_io import content_hash, load_model
         from harness.runtime import GradientRuntime
@@ -129,15 +129,15 @@ class ModelUnderTest:
         source = self.card.extras.get("dataset") if config.dataset == "auto" else config.dataset
         if source is None:
             raise HarnessError(f"{self.name}: its card names no dataset; give --dataset")
+        self.card.require("preprocessing", why=f"to feed {self.name} its images")
         self.data = load_dataset(source, self.card, n=config.images, seed=config.seed)
-        self.x = normalise(self.data.images, self.card.mean, self.card.std)
+        self.x = self.card.to_model(self.data.images)
         if expose_embedding and not self.card.embedding:
             raise HarnessError(f"{self.name}: its card names no embedding tensor")
-        self.runtime = GradientRuntime(proto, max_batch=config.batch_size, layout=self.card.layout,
-                                       exposed=[self.card.embedding] if expose_embedding else [])
+        self.runtime = GradientRuntime.from_card(proto, self.card, max_batch=config.batch_size,
+                                                 exposed=[self.card.embedding] if expose_embedding else [])
         self.targets, _ = labels_or_predictions(self.runtime, self.x, self.data.labels)
-        self.context = Context.from_card(self.card, normalise(self._references(source, config), self.card.mean,
-                                                              self.card.std))
+        self.context = Context.from_card(self.card, self.card.to_model(self._references(source, config)))
 
     def _references(self, source, config: RunConfig) -> np.ndarray:
         """Reference pixels (Expected Gradients' baselines): 16 more images from a generator (the next seed);
@@ -149,7 +149,8 @@ class ModelUnderTest:
         return load_dataset(source, self.card, n=REFERENCE_IMAGES, seed=config.seed + 1).images
 
     def facts(self) -> dict:
-        return {"path": str(self.path), "hash": self.hash, "card": {k: v for k, v in asdict(self.card).items()},
+        return {"path": str(self.path), "hash": self.hash,
+                "card": {k: v for k, v in asdict(self.card).items() if k != "sources"},
                 "images": list(self.data.names), "targets": self.targets.tolist(),
                 "label_names": list(self.data.label_names)}
 
@@ -168,9 +169,12 @@ class ModelUnderTest:
 
         x, targets = self.x[chunk], self.targets[chunk]
         attributions = attribute(self.runtime, x, targets[:, None], method, self.context, self.config.seed)[:, 0]
-        if not np.isfinite(attributions).all():
-            log.warning("%s/%s: non-finite attributions replaced by 0", self.name, method.name)
-            attributions = np.nan_to_num(attributions, nan=0.0, posinf=0.0, neginf=0.0)
+        broken = ~np.isfinite(attributions.reshape(len(chunk), -1)).all(axis=1)
+        if broken.any():
+            names = [self.data.names[i] for i in chunk[broken]]
+            raise HarnessError(f"{self.name}/{method.name}: the attributions of {len(names)} image(s) hold NaN or "
+                               f"infinite values ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); "
+                               "nothing of this chunk was stored")
         inputs = {"images": x, "attributions": attributions, "labels": targets, "runtime": self.runtime,
                   "card": self.card,
                   "masks": None if self.data.masks is None else self.data.masks[chunk],

@@ -2,7 +2,19 @@
 
 Each fact is one metadata key holding a JSON value, so tools such as Netron show them. For a model without a
 card, the same facts come from a JSON sidecar (``<model>.card.json`` beside it, or a path given) or from
-command-line overrides; whatever is still missing is named in one error.
+command-line overrides (later sources win). Facts the graph states need not be given at all:
+
+- ``input_name``: the model's only float input;
+- ``layout`` and ``input_size`` (C, H, W): from a 4-D input whose channel axis (1 or 3) holds 1 or 3 channels
+  and whose other dims are fixed. A flattened input ([N, C·H·W]) needs ``input_size`` from the card.
+
+The rest only some commands need, and each asks for it when it does (:meth:`ModelCard.require`):
+
+- preprocessing, how pixels in [0, 1] become the model's input: ``pixel_range`` [low, high] (default [0, 1]),
+  then ``(value - mean) / std`` per channel in those same units (default mean 0, std 1), with the channels
+  in ``channel_order`` (RGB or BGR). A model that takes raw 0..255 pixels and rescales inside its graph says
+  ``"pixel_range": [0, 255]``; Caffe-style VGG says pixel_range [0, 255], BGR and its channel means.
+- ``labels``: class names; without them the classes are named by their indices.
 """
 
 from __future__ import annotations
@@ -13,11 +25,15 @@ from pathlib import Path
 
 import onnx
 
+from harness.data.base import Preprocessing
 from harness.errors import HarnessError
+from harness.gradients.graph import declared_dims, image_inputs
 
 LAYOUTS = ("NCHW", "NHWC")
-REQUIRED = ("input_name", "layout", "input_size", "mean", "std", "labels")
+CHANNEL_ORDERS = ("RGB", "BGR")
+INPUT_FACTS = ("input_name", "layout", "input_size")
 SIDECAR_SUFFIX = ".card.json"
+IMAGE_CHANNELS = (1, 3)
 
 
 class ModelCardError(HarnessError):
@@ -26,26 +42,75 @@ class ModelCardError(HarnessError):
 
 @dataclass(frozen=True)
 class ModelCard:
-    """What a classifier needs to be used: its input and preprocessing, its classes, and its provenance."""
+    """What a classifier needs to be used: its input and preprocessing, its classes, and its provenance.
 
-    input_name: str
-    layout: str                       # "NCHW" or "NHWC"
-    input_size: tuple                 # (channels, height, width)
-    mean: tuple                       # per channel, in [0, 1] pixel units
-    std: tuple
-    labels: tuple                     # class names, index = logit position
-    embedding: str | None = None      # the penultimate (embedding) tensor
+    Any fact may be None where neither the card nor the graph states it; :meth:`require` names what a
+    command needs and lacks.
+    """
+
+    input_name: str | None = None
+    layout: str | None = None                    # "NCHW" or "NHWC"
+    input_size: tuple | None = None              # (channels, height, width)
+    mean: tuple | None = None                    # per channel, in pixel_range units
+    std: tuple | None = None
+    labels: tuple | None = None                  # class names, index = logit position
+    embedding: str | None = None                 # the penultimate (embedding) tensor
     architecture: str | None = None
     opset: int | None = None
-    made_by: str | None = None        # the exact command that made the model
+    made_by: str | None = None                   # the exact command that made the model
+    pixel_range: tuple | None = None             # (low, high) that pixels 0 and 1 become; None: (0, 1)
+    channel_order: str | None = None             # "RGB" (default) or "BGR"
     extras: dict = field(default_factory=dict)   # accuracy, dataset, data_seed, ...
+    sources: dict = field(default_factory=dict, compare=False)  # fact -> where it came from ("graph", ...)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.labels)
+    def num_classes(self) -> int | None:
+        return None if self.labels is None else len(self.labels)
+
+    @property
+    def states_preprocessing(self) -> bool:
+        return any(v is not None for v in (self.mean, self.std, self.pixel_range))
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How pixels become this model's input; raises ModelCardError when the card does not say."""
+        self.require("preprocessing", why="to turn pixels into the model's input")
+        channels = self.input_size[0]
+        return Preprocessing(mean=self.mean or (0.0,) * channels, std=self.std or (1.0,) * channels,
+                             pixel_range=self.pixel_range or (0.0, 1.0), channel_order=self.channel_order or "RGB")
+
+    def to_model(self, pixels):
+        """Pixels [N, C, H, W] in [0, 1] as this model's input (float32, NCHW)."""
+        return self.preprocessing.to_model(pixels)
+
+    def class_names(self, num_classes: int) -> tuple[str, ...]:
+        """The labels, or the class indices as names where the card has none."""
+        if self.labels is None:
+            return tuple(str(i) for i in range(num_classes))
+        if len(self.labels) != num_classes:
+            raise ModelCardError(f"the model card names {len(self.labels)} labels for a model with {num_classes} "
+                                 "classes")
+        return self.labels
+
+    def require(self, *facts: str, why: str) -> None:
+        """Raise ModelCardError naming every fact in ``facts`` the card lacks ("preprocessing" stands for
+        mean/std or pixel_range), and how to give it."""
+        missing = []
+        for fact in facts:
+            if fact == "preprocessing":
+                if self.input_size is None:
+                    missing.append("input_size")
+                if not self.states_preprocessing:
+                    missing.append("the preprocessing (mean and std, or pixel_range)")
+            elif getattr(self, fact) is None:
+                missing.append(fact)
+        if missing:
+            raise ModelCardError(f"the model card lacks {', '.join(dict.fromkeys(missing))}, needed {why}: give "
+                                 "them on the command line (--mean/--std, --pixel-range, --input-size, ...) or in "
+                                 f"a JSON sidecar MODEL{SIDECAR_SUFFIX}")
 
     def to_metadata(self) -> dict[str, str]:
-        facts = {k: v for k, v in asdict(self).items() if k != "extras" and v is not None}
+        facts = {k: v for k, v in asdict(self).items() if k not in ("extras", "sources") and v is not None}
         facts.update(self.extras)
         return {k: json.dumps(list(v) if isinstance(v, tuple) else v) for k, v in facts.items()}
 
@@ -63,60 +128,134 @@ def write_card(model: onnx.ModelProto, card: ModelCard) -> None:
 
 def read_card(model: onnx.ModelProto, model_path: str | Path | None = None, sidecar: str | Path | None = None,
               overrides: dict | None = None) -> ModelCard:
-    """The card of ``model``: metadata, then the sidecar JSON, then ``overrides`` (later sources win)."""
+    """The card of ``model``: what the graph states, then metadata, then the sidecar JSON, then ``overrides``
+    (later sources win). Missing facts stay None; inconsistent ones raise ModelCardError."""
     model_dir = Path(model_path).parent if model_path else Path(".")
+    facts, sources = {}, {}
+
+    def merge(new: dict, source: str) -> None:
+        facts.update(new)
+        sources.update(dict.fromkeys(new, source))
+
+    merge(_metadata_facts(model, model_dir), "metadata")
+    sidecar_path = Path(sidecar) if sidecar else (
+        Path(str(model_path)[: -len(".onnx")] + SIDECAR_SUFFIX) if model_path and str(model_path).endswith(".onnx")
+        else None)
+    if sidecar_path is not None and (sidecar or sidecar_path.exists()):
+        merge(_resolve_labels_file(_read_sidecar(sidecar_path), sidecar_path.parent, confined=True), "sidecar")
+    merge(_resolve_labels_file({k: v for k, v in (overrides or {}).items() if v is not None}, Path("."),
+                               confined=False), "command line")
+    inferred = {k: v for k, v in graph_input_facts(model, facts.get("input_name")).items() if k not in facts}
+    merge(inferred, "graph")
+    return _validated(facts, sources, model)
+
+
+def _metadata_facts(model: onnx.ModelProto, model_dir: Path) -> dict:
     facts: dict = {}
     for prop in model.metadata_props:
         try:
             facts[prop.key] = json.loads(prop.value)
         except json.JSONDecodeError:
             facts[prop.key] = prop.value
-    _resolve_labels_file(facts, model_dir)
-    sidecar_path = Path(sidecar) if sidecar else (
-        Path(str(model_path)[: -len(".onnx")] + SIDECAR_SUFFIX) if model_path and str(model_path).endswith(".onnx")
-        else None)
-    if sidecar_path is not None and (sidecar or sidecar_path.exists()):
-        facts.update(_resolve_labels_file(_read_sidecar(sidecar_path), sidecar_path.parent))
-    facts.update(_resolve_labels_file({k: v for k, v in (overrides or {}).items() if v is not None}, Path(".")))
-    missing = [name for name in REQUIRED if name not in facts]
-    if missing:
-        where = f" or in a JSON sidecar {sidecar_path}" if sidecar_path else " or in a JSON sidecar"
-        raise ModelCardError(f"the model card lacks {', '.join(missing)}: give them on the command line{where}")
-    return _validated(facts, model)
+    return _resolve_labels_file(facts, model_dir, confined=True)
 
 
-def _validated(facts: dict, model: onnx.ModelProto) -> ModelCard:
-    known = {f.name for f in fields(ModelCard)} - {"extras"}
+def graph_input_facts(model: onnx.ModelProto, input_name: str | None = None) -> dict:
+    """The input facts the graph states unambiguously: the only float input, and the layout and size of a 4-D
+    input with 1 or 3 channels on exactly one of its candidate channel axes."""
+    facts: dict = {}
+    candidates = image_inputs(model)
+    if input_name is None and len(candidates) == 1:
+        input_name = facts["input_name"] = candidates[0]
+    dims = declared_dims(model, input_name) if input_name else None
+    if dims is None or len(dims) != 4:
+        return facts
+    first, last = dims[1] in IMAGE_CHANNELS, dims[3] in IMAGE_CHANNELS
+    if first != last:
+        facts["layout"] = "NCHW" if first else "NHWC"
+        size = dims[1:] if first else [dims[3], dims[1], dims[2]]
+        if all(isinstance(d, int) and d > 0 for d in size):
+            facts["input_size"] = size
+    return facts
+
+
+def _validated(facts: dict, sources: dict, model: onnx.ModelProto) -> ModelCard:
+    known = {f.name for f in fields(ModelCard)} - {"extras", "sources"}
     try:
-        normalised = {**facts, "input_size": tuple(int(d) for d in facts["input_size"]),
-                      "mean": tuple(float(m) for m in facts["mean"]), "std": tuple(float(s) for s in facts["std"]),
-                      "labels": tuple(str(label) for label in facts["labels"])}
+        normalised = dict(facts)
+        for name, convert in (("input_size", int), ("mean", float), ("std", float), ("pixel_range", float),
+                              ("labels", str)):
+            if name in facts:
+                normalised[name] = tuple(convert(v) for v in facts[name])
     except (TypeError, ValueError) as error:
         raise ModelCardError(f"the model card has a malformed value ({error})") from None
     card = ModelCard(**{k: normalised[k] for k in known if k in normalised},
-                     extras={k: v for k, v in facts.items()
-                             if k not in known and not k.startswith("harness.")})
-    problems = []
-    if card.layout not in LAYOUTS:
-        problems.append(f"layout {card.layout!r} is not one of {LAYOUTS}")
-    if len(card.input_size) != 3:
-        problems.append(f"input_size must be (channels, height, width), got {list(card.input_size)}")
-    elif not (len(card.mean) == len(card.std) == card.input_size[0]):
-        problems.append(f"mean and std need {card.input_size[0]} values each (one per channel)")
-    if any(s <= 0 for s in card.std):
-        problems.append("std values must be positive")
-    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    if card.input_name not in inputs:
-        problems.append(f"input_name {card.input_name!r} is not an input of the model (inputs: {inputs})")
+                     extras={k: v for k, v in facts.items() if k not in known and not k.startswith("harness.")},
+                     sources={k: v for k, v in sources.items() if k in known})
+    problems = _inconsistencies(card, model)
     if problems:
         raise ModelCardError("the model card is inconsistent: " + "; ".join(problems))
     return card
 
 
-def _resolve_labels_file(facts: dict, base: Path) -> dict:
-    """Replace a ``labels_file`` fact (relative to ``base``) by the ``labels`` it lists, in place."""
+def _inconsistencies(card: ModelCard, model: onnx.ModelProto) -> list[str]:
+    problems = []
+    if card.layout is not None and card.layout not in LAYOUTS:
+        problems.append(f"layout {card.layout!r} is not one of {LAYOUTS}")
+    if card.channel_order is not None and card.channel_order not in CHANNEL_ORDERS:
+        problems.append(f"channel_order {card.channel_order!r} is not one of {CHANNEL_ORDERS}")
+    if card.input_size is not None and len(card.input_size) != 3:
+        problems.append(f"input_size must be (channels, height, width), got {list(card.input_size)}")
+    elif card.input_size is not None and any(d < 1 for d in card.input_size):
+        problems.append(f"input_size must be positive, got {list(card.input_size)}")
+    elif card.input_size is not None:
+        for name in ("mean", "std"):
+            values = getattr(card, name)
+            if values is not None and len(values) != card.input_size[0]:
+                problems.append(f"{name} needs {card.input_size[0]} values (one per channel), got {len(values)}")
+    if card.std is not None and any(s <= 0 for s in card.std):
+        problems.append("std values must be positive")
+    if card.pixel_range is not None and (len(card.pixel_range) != 2 or not card.pixel_range[0] < card.pixel_range[1]):
+        problems.append(f"pixel_range must be [low, high] with low < high, got {list(card.pixel_range)}")
+    inputs = image_inputs(model)
+    if card.input_name is not None and card.input_name not in inputs:
+        problems.append(f"input_name {card.input_name!r} is not a float input of the model (inputs: {inputs})")
+    elif card.input_name is not None:
+        problems += _shape_conflicts(card, declared_dims(model, card.input_name))
+    return problems
+
+
+def _shape_conflicts(card: ModelCard, dims: list | None) -> list[str]:
+    """Where the card's layout and size contradict the input's declared dims."""
+    if dims is None or card.input_size is None or len(card.input_size) != 3:
+        return []
+    shown = ["N" if d is None else d for d in dims]
+    if len(dims) == 2:
+        size = card.input_size[0] * card.input_size[1] * card.input_size[2]
+        if dims[1] is not None and dims[1] != size:
+            return [f"input_size {list(card.input_size)} has {size} values, but input {card.input_name!r} takes "
+                    f"{shown} (flattened images)"]
+        return []
+    if len(dims) != 4 or card.layout not in LAYOUTS:
+        return [f"input {card.input_name!r} has shape {shown}; images are 4-D (NCHW or NHWC) or flattened "
+                "([N, C·H·W])"] if len(dims) != 4 else []
+    channels, height, width = card.input_size
+    expected = [channels, height, width] if card.layout == "NCHW" else [height, width, channels]
+    if any(d is not None and d != e for d, e in zip(dims[1:], expected)):
+        return [f"layout {card.layout} and input_size {list(card.input_size)} mean input shape "
+                f"{['N', *expected]}, but input {card.input_name!r} is declared {shown}"]
+    return []
+
+
+def _resolve_labels_file(facts: dict, base: Path, confined: bool) -> dict:
+    """Replace a ``labels_file`` fact (relative to ``base``) by the ``labels`` it lists, in place. A path read
+    from a model or sidecar (``confined``) must stay inside that file's folder."""
     if "labels_file" in facts:
-        facts["labels"] = _read_labels(base / str(facts.pop("labels_file")))
+        path = base / str(facts.pop("labels_file"))
+        if confined and not path.resolve().is_relative_to(base.resolve()):
+            raise ModelCardError(f"the labels file {path} lies outside the folder of the card that names it; "
+                                 "a card may only name files beside it")
+        facts["labels"] = _read_labels(path)
     return facts
 
 
@@ -125,7 +264,7 @@ def _read_sidecar(path: Path) -> dict:
         facts = json.loads(path.read_text())
     except FileNotFoundError:
         raise ModelCardError(f"the model card sidecar {path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelCardError(f"the model card sidecar {path} is not readable JSON ({error})") from None
     if not isinstance(facts, dict):
         raise ModelCardError(f"the model card sidecar {path} must hold a JSON object")
@@ -135,7 +274,7 @@ def _read_sidecar(path: Path) -> dict:
 def _read_labels(path: Path) -> list[str]:
     try:
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise ModelCardError(f"the labels file {path} is not readable ({error})") from None
 
 

@@ -8,7 +8,9 @@ memory stays bounded whatever the number of samples.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -22,7 +24,10 @@ from harness import __version__
 from harness.errors import HarnessError
 from harness.gradients import GRAD_SEED, INPUT_GRAD, add_input_gradient
 from harness.gradients.builder import INPUT_KEY, TARGET_KEY
-from harness.onnx_io import MAX_IR_VERSION, content_hash, write_atomically
+from harness.gradients.freeze import CHANGES, REFERENCE_SUFFIX
+from harness.gradients.prepare import PreparedModel, prepare
+from harness.gradients.graph import declared_dims, image_inputs
+from harness.onnx_io import MAX_IR_VERSION, content_hash, load_model, write_atomically
 
 log = logging.getLogger("harness")
 
@@ -66,10 +71,62 @@ def choose_providers(requested: str | None = None) -> list[str]:
 @dataclass(frozen=True)
 class ModelSignature:
     input_name: str
-    input_shape: tuple          # as declared; dim 0 is the batch
+    input_shape: tuple          # as declared, in the model's own layout; dim 0 is the batch
     output_name: str
     num_classes: int | None
     taps: tuple = ()
+    class_shape: tuple = ()     # the output's dims after the batch: (K,), or e.g. (K, 1, 1)
+
+
+@dataclass(frozen=True)
+class ImageAdapter:
+    """Between the harness's images [N, C, H, W] and the model's input: as they are (NCHW), transposed
+    (NHWC), or flattened to [N, C·H·W] in the layout's order (``flat_size`` is then (C, H, W))."""
+
+    layout: str = "NCHW"
+    flat_size: tuple | None = None
+
+    @classmethod
+    def for_input(cls, model: onnx.ModelProto, input_name: str | None, layout: str, image_size) -> "ImageAdapter":
+        if layout not in ("NCHW", "NHWC"):
+            raise HarnessError(f"layout must be NCHW or NHWC, not {layout!r}")
+        name = input_name or next(iter(image_inputs(model)), None)
+        dims = declared_dims(model, name) if name else None
+        if dims is not None and len(dims) == 2 and image_size is not None:
+            return cls(layout, tuple(int(d) for d in image_size))
+        if dims is not None and len(dims) != 4 and image_size is not None:
+            raise HarnessError(f"input {name!r} has shape {['N' if d is None else d for d in dims]}; the harness "
+                               "feeds images as [N, C, H, W], [N, H, W, C] or flattened [N, C·H·W]")
+        return cls(layout)   # 4-D images, or tensors fed as they are where no image size is known
+
+    def model_shape(self, image_size) -> tuple | None:
+        """The input's non-batch dims for images of ``image_size`` (C, H, W), in the model's layout."""
+        if image_size is None:
+            return None
+        channels, height, width = (int(d) for d in image_size)
+        if self.flat_size is not None:
+            return (channels * height * width,)
+        return (channels, height, width) if self.layout == "NCHW" else (height, width, channels)
+
+    def to_model(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if self.layout == "NCHW" and self.flat_size is None:
+            return x
+        if x.ndim != 4:
+            raise HarnessError(f"images must be [N, C, H, W], got shape {list(x.shape)}")
+        if self.layout == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
+        return x.reshape(len(x), -1) if self.flat_size is not None else x
+
+    def from_model(self, grad: np.ndarray) -> np.ndarray:
+        """A gradient in the model's layout back to [N, C, H, W]."""
+        if self.layout == "NCHW" and self.flat_size is None:
+            return grad
+        if self.flat_size is not None:
+            channels, height, width = self.flat_size
+            grad = grad.reshape(len(grad), *((channels, height, width) if self.layout == "NCHW"
+                                             else (height, width, channels)))
+        return np.ascontiguousarray(grad.transpose(0, 3, 1, 2)) if self.layout == "NHWC" else grad
 
 
 class GradientRuntime:
@@ -84,20 +141,22 @@ class GradientRuntime:
 
     def __init__(self, model: onnx.ModelProto | str | Path, output: str | None = None, taps: Iterable[str] = (),
                  max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None, provider: str | None = None,
-                 use_cache: bool = True, layout: str = "NCHW", exposed: Iterable[str] = ()):
+                 use_cache: bool = True, layout: str = "NCHW", exposed: Iterable[str] = (), input: str | None = None,
+                 image_size: tuple | None = None):
         import onnxruntime as ort
-
-        from harness.onnx_io import load_model
 
         if max_batch < 1:
             raise HarnessError(f"the batch size must be at least 1 (got {max_batch})")
         source = load_model(model) if isinstance(model, (str, Path)) else model
-        if layout not in ("NCHW", "NHWC"):
-            raise HarnessError(f"layout must be NCHW or NHWC, not {layout!r}")
+        self.source = source
+        self.adapter = ImageAdapter.for_input(source, input, layout, image_size)
         self.layout = layout
         self.max_batch = max_batch
         self.taps = tuple(dict.fromkeys(taps))
-        grad_model = self._gradient_model(source, output, self.taps, use_cache)
+        self._options = {"max_batch": max_batch, "threads": threads, "provider": provider, "use_cache": use_cache,
+                         "layout": layout, "input": input, "image_size": image_size}
+        self._image_shape = self.adapter.model_shape(image_size)
+        grad_model = self._gradient_model(source, output, self.taps, use_cache, input, self._image_shape)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
@@ -105,6 +164,7 @@ class GradientRuntime:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         providers = choose_providers(provider)
+        self._session_options, self._providers = options, providers
         self.session = ort.InferenceSession(grad_model.SerializeToString(), options, providers=providers)
         self.provider = self.session.get_providers()[0]
         self.signature = self._signature(grad_model)
@@ -119,10 +179,40 @@ class GradientRuntime:
             log.info("onnxruntime %s: running on %s", ort.__version__, self.provider)
             _announced.add(self.provider)
 
+    @classmethod
+    def from_card(cls, model: onnx.ModelProto | str | Path, card, **options) -> "GradientRuntime":
+        """A runtime that feeds ``model`` as its model card says: its image input, layout and image size."""
+        source = model if isinstance(model, onnx.ModelProto) else load_model(model)
+        layout = card.layout
+        if layout is None:
+            dims = declared_dims(source, card.input_name) if card.input_name else None
+            ambiguous = dims is None or len(dims) == 4 or (len(dims) == 2 and card.input_size is not None
+                                                          and card.input_size[0] > 1)
+            if ambiguous:
+                card.require("layout", why="to feed images to the model (NCHW or NHWC)")
+            layout = "NCHW"
+        return cls(source, input=card.input_name, layout=layout, image_size=card.input_size, **options)
+
+    def with_output(self, output: str) -> "GradientRuntime":
+        """A runtime for another output (or intermediate tensor) of the same model, fed the same way."""
+        return GradientRuntime(self.source, output=output, **self._options)
+
+    @functools.cached_property
+    def prepared(self) -> PreparedModel:
+        """The model as the gradient pass prepared it (for checks that rebuild parts of it)."""
+        return prepare(self.source, input=self.signature.input_name, image_shape=self._image_shape)
+
+    def session_for(self, model: onnx.ModelProto):
+        """An ONNX Runtime session for a model derived from this one, with this runtime's options."""
+        import onnxruntime as ort
+
+        return ort.InferenceSession(model.SerializeToString(), self._session_options, providers=self._providers)
+
     # -- building -------------------------------------------------------------------------------------
     @staticmethod
-    def _gradient_model(source: onnx.ModelProto, output, taps, use_cache: bool) -> onnx.ModelProto:
-        request = "\0".join([__version__, output or "", *taps]).encode()
+    def _gradient_model(source: onnx.ModelProto, output, taps, use_cache: bool, input: str | None,
+                        image_shape: tuple | None) -> onnx.ModelProto:
+        request = json.dumps([__version__, output, input, image_shape, list(taps)]).encode()
         path = cache_dir() / f"{content_hash(source)[:32]}-{hashlib.sha256(request).hexdigest()[:12]}.onnx"
         if use_cache and path.exists():
             try:
@@ -131,7 +221,7 @@ class GradientRuntime:
                 return cached
             except Exception:  # a damaged or foreign cache entry is rebuilt
                 log.warning("rebuilding damaged cache entry %s", path.name)
-        model = add_input_gradient(source, output=output, taps=taps)
+        model = add_input_gradient(source, output=output, taps=taps, input=input, image_shape=image_shape)
         if model.ir_version > MAX_IR_VERSION:
             model.ir_version = MAX_IR_VERSION
         if use_cache:
@@ -151,19 +241,31 @@ class GradientRuntime:
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in image.type.tensor_type.shape.dim)
         taps = tuple(o.name[: -len("_grad")] for o in model.graph.output
                      if o.name.endswith("_grad") and o.name != INPUT_GRAD)
-        return ModelSignature(image.name, shape, output, seed_dims[-1] if seed_dims else None, taps)
+        initializers = {t.name for t in model.graph.initializer}
+        unfed = [i.name for i in model.graph.input if i.name not in (image.name, GRAD_SEED) and i.name not in initializers]
+        if unfed:
+            raise HarnessError(f"the model has inputs besides the image {image.name!r} that have no value: "
+                               f"{unfed}; the harness feeds the image only")
+        class_shape = tuple(seed_dims[1:])
+        if len(seed_dims) < 2 or sum(d != 1 for d in class_shape) > 1:
+            raise HarnessError(f"output {output!r} has shape {['N' if d is None else d for d in seed_dims]}; a "
+                               "classifier's output is [N, K] (or [N, K, 1, ...]): one axis of classes after the "
+                               "batch")
+        num_classes = None if None in class_shape else int(np.prod(class_shape))
+        return ModelSignature(image.name, shape, output, num_classes, taps, class_shape)
 
     # -- running --------------------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Logits of a batch [N, ...] (computed in chunks of ``max_batch``)."""
-        # Only the forward half of the gradient graph runs: ONNX Runtime computes what the outputs need.
-        return self._batched([self.signature.output_name], self._to_model(x), None, self.forward_session)[0]
+        """Logits [N, K] of images [N, C, H, W] (computed in chunks of ``max_batch``)."""
+        logits = self._batched([self.signature.output_name], {self.signature.input_name: self._image_feed(x)},
+                               self.forward_session)[0]
+        return logits.reshape(len(logits), -1)
 
     def forward_tensor(self, x: np.ndarray, name: str) -> np.ndarray:
         """Values of the ``exposed`` tensor ``name`` for a batch, batched like :meth:`forward`."""
         if name not in self.exposed:
             raise HarnessError(f"tensor {name!r} is not exposed by this runtime (exposed: {list(self.exposed)})")
-        return self._batched([name], self._to_model(x), None, self.forward_session)[0]
+        return self._batched([name], {self.signature.input_name: self._image_feed(x)}, self.forward_session)[0]
 
     def gradients(self, x: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits [N, K] and the gradient of sum(seed * logits) w.r.t. x, both batched."""
@@ -175,44 +277,44 @@ class GradientRuntime:
         names = [self.signature.output_name, INPUT_GRAD]
         for tap in self.taps:
             names += [tap, f"{tap}_grad"]
-        arrays = self._batched(names, self._to_model(x), seed)
+        feeds = {self.signature.input_name: self._image_feed(x)}
+        feeds[GRAD_SEED] = self._seed_feed(seed, len(feeds[self.signature.input_name]))
+        arrays = self._batched(names, feeds, self.session)
         taps = {tap: (arrays[2 + 2 * i], arrays[3 + 2 * i]) for i, tap in enumerate(self.taps)}
-        grads = arrays[1] if self.layout == "NCHW" else np.ascontiguousarray(arrays[1].transpose(0, 3, 1, 2))
-        return arrays[0], grads, taps
+        return arrays[0].reshape(len(arrays[0]), -1), self.adapter.from_model(arrays[1]), taps
 
-    def _to_model(self, x: np.ndarray) -> np.ndarray:
-        """NCHW arrays to the model's layout."""
-        if self.layout == "NCHW":
-            return x
-        x = np.asarray(x)
-        if x.ndim != 4:
-            raise HarnessError(f"an NHWC model needs images [N, C, H, W], got shape {list(x.shape)}")
-        return x.transpose(0, 2, 3, 1)
+    def run_frozen(self, session, x0: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Outputs [N, K] and kink changes [N] of a model from :func:`harness.gradients.freeze.frozen_model`
+        (``session`` from :meth:`session_for`) at points ``x`` with kinks held at ``x0``, both [N, C, H, W]."""
+        image = self.signature.input_name
+        feeds = {image: self._image_feed(x), image + REFERENCE_SUFFIX: self._image_feed(x0)}
+        output, changes = self._batched([session.get_outputs()[0].name, CHANGES], feeds, session)
+        return output.reshape(len(output), -1), changes
 
-    def _batched(self, names: list[str], x: np.ndarray, seed: np.ndarray | None, session=None) -> list[np.ndarray]:
-        """Run ``names`` over ``x`` in chunks; a model with a static batch size gets exactly that many rows
-        per call (the last chunk padded with zeros and the padding dropped)."""
-        x = self._validated(x)
-        k = self.signature.num_classes or 1
-        if seed is None:
-            seed = np.zeros((len(x), k), np.float32)
+    def _image_feed(self, x: np.ndarray) -> np.ndarray:
+        return self._validated(self.adapter.to_model(x))
+
+    def _seed_feed(self, seed: np.ndarray, rows: int) -> np.ndarray:
         seed = np.ascontiguousarray(seed, dtype=np.float32)
-        if seed.shape[0] != x.shape[0]:
-            raise HarnessError(f"grad_seed has {seed.shape[0]} rows for {x.shape[0]} images")
+        if seed.shape[0] != rows:
+            raise HarnessError(f"grad_seed has {seed.shape[0]} rows for {rows} images")
+        return seed.reshape(rows, *(d or 1 for d in self.signature.class_shape))
+
+    def _batched(self, names: list[str], feeds: dict[str, np.ndarray], session) -> list[np.ndarray]:
+        """Run ``names`` on ``session`` over the row-aligned ``feeds`` in chunks of ``max_batch``; a model
+        with a static batch size gets exactly that many rows per call (the last chunk padded with zeros and
+        the padding dropped)."""
+        total = len(next(iter(feeds.values())))
         static_batch = self.signature.input_shape[0]
         chunk = static_batch if isinstance(static_batch, int) and static_batch > 0 else self.max_batch
         parts = [[] for _ in names]
-        for start in range(0, len(x), chunk):
-            x_part, seed_part = x[start:start + chunk], seed[start:start + chunk]
-            rows = len(x_part)
+        for start in range(0, total, chunk):
+            part = {name: value[start:start + chunk] for name, value in feeds.items()}
+            rows = min(chunk, total - start)
             if rows < chunk and chunk == static_batch:
-                x_part = np.concatenate([x_part, np.zeros((chunk - rows, *x.shape[1:]), np.float32)])
-                seed_part = np.concatenate([seed_part, np.zeros((chunk - rows, *seed.shape[1:]), np.float32)])
-            if session is None:
-                outputs = self.session.run(names, {self.signature.input_name: x_part, GRAD_SEED: seed_part})
-            else:
-                outputs = session.run(names, {self.signature.input_name: x_part})
-            for bucket, value in zip(parts, outputs):
+                part = {name: np.concatenate([value, np.zeros((chunk - rows, *value.shape[1:]), value.dtype)])
+                        for name, value in part.items()}
+            for bucket, value in zip(parts, session.run(names, part)):
                 bucket.append(value[:rows])
         return [np.concatenate(p) for p in parts]
 
@@ -240,6 +342,22 @@ class GradientRuntime:
         if not np.isfinite(x).all():
             raise HarnessError("the input contains NaN or infinite values")
         return x
+
+
+def card_image_shape(model: onnx.ModelProto, card) -> tuple | None:
+    """The image input's non-batch dims (in the model's layout) that ``card`` states, or None."""
+    if card.input_size is None or (card.layout is None and card.input_size[0] != 1):
+        return None
+    return ImageAdapter.for_input(model, card.input_name, card.layout or "NCHW", card.input_size).model_shape(
+        card.input_size)
+
+
+def build_gradient_model(model: onnx.ModelProto, card, output: str | None = None,
+                         taps: Iterable[str] = ()) -> onnx.ModelProto:
+    """The gradient model of ``model`` fed as ``card`` says: what ``harness gradgraph`` writes and what
+    ``harness inspect`` judges (one code path, one verdict)."""
+    return add_input_gradient(model, output=output, taps=taps, input=card.input_name,
+                              image_shape=card_image_shape(model, card))
 
 
 def forward_model(source: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:

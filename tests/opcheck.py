@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 from harness.gradients import add_input_gradient
 
@@ -105,10 +106,23 @@ def _draw(case: OpCase, shape, rng: np.random.Generator) -> np.ndarray:
     return rng.normal(size=shape)
 
 
+class LRN(OpRun):
+    """LRN as the ONNX specification defines it, for any rank. onnx 1.23's reference implementation loops over
+    the batch axis where it means the channel axis (and takes 4-D inputs only); ONNX Runtime follows the
+    specification."""
+
+    def _run(self, x, alpha=None, beta=None, bias=None, size=None):
+        channels = x.shape[1]
+        lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+        square_sum = np.stack([np.sum(x[:, max(0, c - lo):min(channels, c + hi + 1)] ** 2, axis=1)
+                               for c in range(channels)], axis=1)
+        return ((x / (bias + alpha / size * square_sum) ** beta).astype(x.dtype),)
+
+
 def _runner(model: onnx.ModelProto, engine: str):
     """A function ``(outputs, feeds) -> arrays`` evaluating ``model`` with the ONNX reference or ONNX Runtime."""
     if engine == "reference":
-        return ReferenceEvaluator(model).run
+        return ReferenceEvaluator(model, new_ops=[LRN]).run
     import onnxruntime as ort
 
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run

@@ -135,8 +135,10 @@ def test_inspect_text():
     assert "IR 8" in text and "'ai.onnx': 17" in text
     for entry in ("Conv:3", "Relu:3", "MaxPool:2", "GlobalAveragePool:1", "Flatten:1", "Gemm:1"):
         assert entry in text, entry
-    assert "ops without gradient rules: none" in text
-    assert "model card: NCHW [1, 32, 32], mean [0.3], std [0.4], 10 classes" in text
+    assert "gradient: supported as it is" in text
+    assert "model card: input input, NCHW [1, 32, 32]" in text
+    assert "preprocessing: pixel range [0.0, 1.0], mean [0.3], std [0.4], channels RGB" in text
+    assert "labels: 10 classes" in text
     assert "made_by: python export_scripts/train.py digits_cnn" in text
 
 
@@ -144,21 +146,22 @@ def test_inspect_json():
     result = invoke("inspect", DIGITS, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert {"inputs", "outputs", "opsets", "op_histogram", "ops_without_gradient_rules"} <= set(report)
+    assert {"inputs", "outputs", "opsets", "op_histogram", "gradient"} <= set(report)
     assert report["inputs"] == [{"name": "input", "type": "float32", "shape": ["batch", 1, 32, 32]}]
     assert report["outputs"] == [{"name": "logits", "type": "float32", "shape": ["batch", 10]}]
     assert report["opsets"] == {"ai.onnx": 17}
     assert report["op_histogram"] == {"Conv": 3, "Relu": 3, "MaxPool": 2, "GlobalAveragePool": 1,
                                       "Flatten": 1, "Gemm": 1}
-    assert report["ops_without_gradient_rules"] == []
+    assert report["gradient"] == {"supported": True, "notes": []}
     assert report["model_card"]["labels"] == [str(d) for d in range(10)]
     assert report["model_card"]["extras"]["accuracy"] >= 0.97
 
 
-def test_inspect_names_missing_card_facts_and_takes_them_from_options_or_a_sidecar(tmp_path):
+def test_inspect_reads_what_the_graph_states_and_takes_the_rest_from_options_or_a_sidecar(tmp_path):
     path = save(two_output_model(), tmp_path / "bare.onnx")
     text = invoke("inspect", path).stdout
-    assert "model card: the model card lacks input_name, layout, input_size, mean, std, labels" in text
+    assert "model card: input image, not stated not stated (from the graph: input_name)" in text
+    assert "preprocessing: not stated" in text and "labels: not stated (classes are named by their indices)" in text
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\nd\n")
     given = invoke("inspect", path, "--input-name", "image", "--layout", "NCHW", "--input-size", 1, 1, 4,
@@ -166,21 +169,22 @@ def test_inspect_names_missing_card_facts_and_takes_them_from_options_or_a_sidec
     assert given.exit_code == 0, given.output
     assert json.loads(given.stdout)["model_card"]["labels"] == ["a", "b", "c", "d"]
     (tmp_path / "bare.card.json").write_text(json.dumps(
-        {"input_name": "image", "layout": "NCHW", "input_size": [1, 1, 4], "mean": [0.5], "std": [0.25],
-         "labels_file": "labels.txt"}))
+        {"input_name": "image", "input_size": [1, 1, 4], "mean": [0.5], "std": [0.25], "labels_file": "labels.txt"}))
     card = json.loads(invoke("inspect", path, "--json").stdout)["model_card"]
     assert card["input_size"] == [1, 1, 4] and card["labels"] == ["a", "b", "c", "d"]
     wrong = json.loads(invoke("inspect", path, "--input-name", "pixels", "--json").stdout)
-    assert wrong["model_card"] is None and "'pixels' is not an input" in wrong["model_card_problem"]
+    assert wrong["model_card"] is None and "'pixels' is not a float input" in wrong["model_card_problem"]
 
 
-def test_inspect_lists_ops_without_rules(tmp_path):
+def test_inspect_says_what_gradgraph_refuses_and_why(tmp_path):
     path = save(unsupported_op_model(), tmp_path / "det.onnx")
     text = invoke("inspect", path)
     assert text.exit_code == 0, text.output
-    assert "ops without gradient rules: Det" in text.stdout
+    assert "gradient: refused: cannot build the input gradient" in text.stdout and "'the_det_node'" in text.stdout
     report = json.loads(invoke("inspect", path, "--json").stdout)
-    assert report["ops_without_gradient_rules"] == ["Det"]
+    assert report["gradient"]["supported"] is False and "Det" in report["gradient"]["reason"]
+    refusal = invoke("gradgraph", path, "-o", tmp_path / "g.onnx")
+    assert report["gradient"]["reason"] in refusal.stderr
 
 
 # -- check and demo -----------------------------------------------------------------------------------------
@@ -216,7 +220,7 @@ def test_check_on_a_static_batch_model(tmp_path):
 def test_demo_runs_the_main_job_end_to_end(tmp_path):
     result = invoke("demo", "--out", tmp_path, "--images", 1, "--quiet")
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("PASS digits_cnn.onnx: gradient graph vs finite differences")
+    assert result.stdout.startswith("PASS digits_cnn.onnx: gradient of 'logits' vs finite differences")
     assert f"{tmp_path / 'leaderboard.md'}" in result.stdout
     for name in ("leaderboard.md", "leaderboard.html", "leaderboard.csv", "leaderboard.json", "results.sqlite",
                  "experiments/p-sweep.csv", "experiments/alignment.csv", "experiments/augmentation.csv",

@@ -130,6 +130,9 @@ CASES = [
     OpCase("LayerNormalization-last", "LayerNormalization", [(2, 3, 6), rng.normal(size=6), rng.normal(size=6)]),
     # (ONNX Runtime 1.31 crashes on a LayerNormalization whose optional bias is given as "", so both are given)
     OpCase("LayerNormalization-axis1", "LayerNormalization", [(2, 3, 4), rng.normal(size=(3, 4)), rng.normal(size=(3, 4))], attrs={"axis": 1}),
+    OpCase("LRN-odd-size", "LRN", [(2, 5, 3, 3)], attrs={"size": 3, "alpha": 0.3, "beta": 0.75, "bias": 1.5}),
+    # (ONNX Runtime's LRN takes odd sizes and 4-D inputs only)
+    OpCase("LRN-alexnet-opset9", "LRN", [(1, 7, 2, 3)], attrs={"size": 5, "alpha": 0.5, "beta": 0.75}, opset=9),
     # shape plumbing
     OpCase("Reshape", "Reshape", [(2, 3, 4), np.array([0, -1], I64)]),
     OpCase("Flatten", "Flatten", [(2, 3, 2, 2)], attrs={"axis": 1}),

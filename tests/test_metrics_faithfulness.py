@@ -3,7 +3,6 @@ invariance, and complexity (sparseness, entropy) on vectors with known values an
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -15,12 +14,13 @@ from harness.metrics import get_metric
 from harness.metrics.complexity import complexity, entropy, gini, sparseness
 from harness.metrics.faithfulness import (deletion_auc, deletion_curves, insertion_auc, insertion_curves,
                                           rise_blur, rise_kernel, step_counts)
+from harness.model_card import ModelCard
 from harness.runtime import GradientRuntime
 
 C, H, W = 2, 4, 4
 LEFT = np.zeros((C, H, W), bool)
 LEFT[:, :, :2] = True           # the left half, both channels: 16 of the 32 inputs
-CARD = SimpleNamespace(mean=(0.0,) * C, std=(1.0,) * C)   # black is 0 in the model's input
+CARD = ModelCard(input_size=(C, H, W), mean=(0.0,) * C, std=(1.0,) * C)   # black is 0 in the model's input
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +83,7 @@ def test_deletion_of_the_relevant_half_first_has_auc_one_quarter(left_mean, step
 
 
 def test_deletion_goes_to_the_cards_black_value(left_mean):
-    card = SimpleNamespace(mean=(0.5, 0.5), std=(0.5, 0.5))     # black is (0 - 0.5) / 0.5 = -1
+    card = ModelCard(input_size=(C, H, W), mean=(0.5, 0.5), std=(0.5, 0.5))     # black is (0 - 0.5) / 0.5 = -1
     fractions, curves = deletion_curves(ONES, left_first(), [0], left_mean, card, steps=2,
                                         logits_are_probabilities=True)
     np.testing.assert_allclose(curves[0], [1.0, -1.0, -1.0], atol=1e-6)   # the left half is all black at k=1

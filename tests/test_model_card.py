@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.errors import HarnessError
-from harness.model_card import REQUIRED, ModelCard, ModelCardError, guess_embedding, read_card, write_card
+from harness.model_card import ModelCard, ModelCardError, guess_embedding, read_card, write_card
 
 OPSET = 17
 IR_VERSION = 8
@@ -155,38 +155,85 @@ def test_non_json_metadata_values_are_kept_as_strings():
 
 
 # -- missing facts ------------------------------------------------------------------------------------------
-def test_model_without_card_names_every_missing_fact(tmp_path):
+def test_a_model_without_card_gets_what_its_graph_states():
+    card = read_card(gemm_classifier())
+    assert (card.input_name, card.layout, card.input_size) == ("image", "NCHW", (3, 4, 4))
+    assert card.sources == {"input_name": "graph", "layout": "graph", "input_size": "graph"}
+    assert card.mean is card.std is card.labels is card.pixel_range is None
+    assert card.class_names(3) == ("0", "1", "2")
+
+
+def test_a_command_asks_for_exactly_the_facts_it_needs(tmp_path):
     path = tmp_path / "bare.onnx"
     onnx.save(gemm_classifier(), str(path))
+    card = read_card(onnx.load(str(path)), path)
+    card.require("input_name", "layout", "input_size", why="to feed the model")     # all stated by the graph
     with pytest.raises(ModelCardError) as info:
-        read_card(onnx.load(str(path)), path)
+        card.require("preprocessing", "labels", why="to read images")
     message = str(info.value)
-    assert "lacks input_name, layout, input_size, mean, std, labels:" in message
-    assert REQUIRED == ("input_name", "layout", "input_size", "mean", "std", "labels")
-    assert str(tmp_path / "bare.card.json") in message  # where a sidecar would be looked for
+    assert "lacks the preprocessing (mean and std, or pixel_range), labels, needed to read images" in message
+    assert "--pixel-range" in message and ".card.json" in message
     assert isinstance(info.value, HarnessError)
+    with pytest.raises(ModelCardError, match="the preprocessing"):
+        card.to_model(np.zeros((1, 3, 4, 4), np.float32))
 
 
-def test_missing_facts_without_a_model_path():
-    with pytest.raises(ModelCardError, match="lacks input_name, layout, input_size, mean, std, labels: "):
-        read_card(gemm_classifier())
+def test_preprocessing_is_stated_by_a_pixel_range_alone():
+    card = read_card(gemm_classifier(), overrides={"pixel_range": [0, 255]})
+    pixels = np.random.default_rng(0).random((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(card.to_model(pixels), pixels * 255, rtol=1e-6)
 
 
-def test_only_the_missing_facts_are_named():
-    model = gemm_classifier()
-    partial = {k: v for k, v in FULL_FACTS.items() if k not in ("mean", "labels")}
-    with pytest.raises(ModelCardError) as info:
-        read_card(model, overrides=partial)
-    message = str(info.value)
-    assert "lacks mean, labels:" in message
-    for present in ("input_name", "layout", "input_size", "std"):
-        assert present not in message.split(":")[0]
+def test_caffe_style_preprocessing_reorders_channels_and_subtracts_means_in_pixel_units():
+    card = read_card(gemm_classifier(), overrides={"pixel_range": [0, 255], "channel_order": "BGR",
+                                                   "mean": [103.939, 116.779, 123.68]})
+    pixels = np.random.default_rng(0).random((2, 3, 4, 4)).astype(np.float32)
+    x = card.to_model(pixels)
+    np.testing.assert_allclose(x[:, 0], pixels[:, 2] * 255 - 103.939, atol=1e-4)   # blue first
+    np.testing.assert_allclose(x[:, 2], pixels[:, 0] * 255 - 123.68, atol=1e-4)
+    np.testing.assert_allclose(card.preprocessing.to_pixels(x), pixels, atol=1e-5)
 
 
-def test_none_overrides_do_not_count_as_given():
-    overrides = {**FULL_FACTS, "layout": None}
-    with pytest.raises(ModelCardError, match=r"lacks layout:"):
-        read_card(gemm_classifier(), overrides=overrides)
+def test_flattened_inputs_need_their_image_size_from_the_card():
+    nodes = [helper.make_node("MatMul", ["features", "w"], ["scores"])]
+    model = _model(nodes, [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 64])],
+                   [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10])], [_weight("w", (64, 10))])
+    card = read_card(model)
+    assert card.input_name == "features" and card.input_size is None and card.layout is None
+    assert read_card(model, overrides={"input_size": [1, 8, 8]}).input_size == (1, 8, 8)
+    with pytest.raises(ModelCardError, match=r"input_size \[1, 8, 9\] has 72 values"):
+        read_card(model, overrides={"input_size": [1, 8, 9]})
+
+
+@pytest.mark.parametrize("dims, layout, size", [(["N", 3, 32, 48], "NCHW", (3, 32, 48)),
+                                                (["N", 32, 48, 3], "NHWC", (3, 32, 48)),
+                                                (["N", 28, 36, 1], "NHWC", (1, 28, 36)),
+                                                (["N", 3, 3, 3], None, None),            # ambiguous
+                                                (["N", 3, "H", "W"], "NCHW", None)])
+def test_layout_and_size_are_read_off_a_4d_input_when_unambiguous(dims, layout, size):
+    nodes = [helper.make_node("ReduceMean", ["image"], ["scores"], keepdims=0, axes=[2, 3])]
+    model = _model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
+                   [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", "K"])])
+    card = read_card(model)
+    assert (card.layout, card.input_size) == (layout, size)
+
+
+def test_given_facts_that_contradict_the_graph_are_inconsistent():
+    with pytest.raises(ModelCardError, match=r"layout NHWC and input_size \[3, 4, 4\] mean input shape"):
+        read_card(gemm_classifier(), overrides={"layout": "NHWC"})
+    with pytest.raises(ModelCardError, match="declared"):
+        read_card(gemm_classifier(), overrides={"input_size": [3, 8, 8]})
+
+
+def test_a_labels_file_named_by_a_card_stays_in_its_folder(tmp_path):
+    (tmp_path / "secret.txt").write_text("a\nb\nc\n")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    path = folder / "m.onnx"
+    onnx.save(gemm_classifier(), str(path))
+    (folder / "m.card.json").write_text(json.dumps({"labels_file": "../secret.txt"}))
+    with pytest.raises(ModelCardError, match="outside the folder"):
+        read_card(onnx.load(str(path)), path)
 
 
 # -- sidecar, overrides, labels files -----------------------------------------------------------------------
@@ -276,11 +323,11 @@ def test_malformed_sidecar(tmp_path, text, match):
 # -- inconsistent facts -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("change,expected", [
     ({"layout": "NCWH"}, "layout 'NCWH' is not one of ('NCHW', 'NHWC')"),
-    ({"mean": [0.5, 0.5]}, "mean and std need 3 values each"),
+    ({"mean": [0.5, 0.5]}, "mean needs 3 values (one per channel), got 2"),
     ({"std": [0.2, 0.0, 0.4]}, "std values must be positive"),
     ({"std": [0.2, -0.3, 0.4]}, "std values must be positive"),
-    ({"input_name": "pixels"}, "input_name 'pixels' is not an input of the model (inputs: ['image'])"),
-    ({"input_name": "fc.weight"}, "input_name 'fc.weight' is not an input"),
+    ({"input_name": "pixels"}, "input_name 'pixels' is not a float input of the model (inputs: ['image'])"),
+    ({"input_name": "fc.weight"}, "input_name 'fc.weight' is not a float input"),
     ({"input_size": [4, 4]}, "input_size must be (channels, height, width), got [4, 4]"),
 ])
 def test_each_inconsistency_is_named(change, expected):
@@ -298,14 +345,17 @@ def test_all_inconsistencies_are_named_in_one_error():
     with pytest.raises(ModelCardError) as info:
         read_card(gemm_classifier(), overrides=bad)
     message = str(info.value)
-    for problem in ("layout 'NCWH'", "mean and std need 3 values", "std values must be positive",
+    for problem in ("layout 'NCWH'", "mean needs 3 values", "std values must be positive",
                     "input_name 'pixels'"):
         assert problem in message, problem
     assert message.count(";") == 3
 
 
 def test_nhwc_layout_is_accepted():
-    card = read_card(gemm_classifier(), overrides={**FULL_FACTS, "layout": "NHWC"})
+    nodes = [helper.make_node("ReduceMean", ["image"], ["scores"], keepdims=0, axes=[1, 2])]
+    model = _model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 4, 4, 3])],
+                   [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])])
+    card = read_card(model, overrides={**FULL_FACTS, "layout": "NHWC"})
     assert card.layout == "NHWC"
 
 

@@ -25,18 +25,27 @@ class SamplingError(HarnessError):
 @dataclass(frozen=True)
 class Context:
     """What samplers may need beyond the image: the model-input values of a black and a white pixel
-    ([C, 1, 1] each) and, for Expected Gradients, reference images from the data ([M, C, H, W], model-input
-    space)."""
+    ([C, 1, 1] each; None where the model card does not give the preprocessing) and, for Expected
+    Gradients, reference images from the data ([M, C, H, W], model-input space)."""
 
-    black: np.ndarray
-    white: np.ndarray
+    black: np.ndarray | None = None
+    white: np.ndarray | None = None
     references: np.ndarray | None = None
 
     @classmethod
     def from_card(cls, card, references: np.ndarray | None = None) -> "Context":
-        mean = np.asarray(card.mean, np.float32).reshape(-1, 1, 1)
-        std = np.asarray(card.std, np.float32).reshape(-1, 1, 1)
-        return cls((0 - mean) / std, (1 - mean) / std, references)
+        if not card.states_preprocessing or card.input_size is None:
+            return cls(None, None, references)
+        preprocessing, channels = card.preprocessing, card.input_size[0]
+        return cls(preprocessing.value_of(0.0, channels), preprocessing.value_of(1.0, channels), references)
+
+    def black_and_white(self, why: str) -> tuple[np.ndarray, np.ndarray]:
+        """The model-input values of black and white; raises SamplingError when they are unknown."""
+        if self.black is None or self.white is None:
+            raise SamplingError(f"{why} needs the model-input value of a black pixel, and the model card does not "
+                                "say how pixels map to the model's input: give its mean and std or pixel_range "
+                                "(--mean/--std, --pixel-range)")
+        return self.black, self.white
 
 
 @dataclass(frozen=True)
@@ -135,13 +144,13 @@ class Suppression(Sampler):
     def draw_into(self, x, rng, context, out):
         """Write the samples into ``out`` [S, C, H, W]. Pixels are dropped where a uniform 16-bit draw falls
         below round(p · 65536), so p is applied to within 1/65536."""
-        fill = context.black if self.fill == "black" else np.zeros_like(context.black)
+        fill = context.black_and_white("suppression with fill=black")[0] if self.fill == "black" else np.float32(0)
         threshold = int(round(self.p * 65536))
         draws = rng.integers(0, 65536, (self.samples, 1, *x.shape[1:]), dtype=np.uint16)
         dropped = draws < threshold if threshold < 65536 else np.ones(draws.shape, bool)
         # x · keep + fill · drop: exact (x · 1 + 0 is x), and measured 3x faster than np.where / copyto.
         np.multiply(~dropped, x[None], out=out)
-        out += dropped * fill[None].astype(np.float32, copy=False)
+        out += dropped * np.asarray(fill, np.float32)[None]
 
 
 RIEMANN_RULES = ("left", "right", "middle", "trapezoid", "inclusive")
@@ -182,14 +191,14 @@ def make_baseline(kind, x: np.ndarray, rng: np.random.Generator, context: Contex
         except ValueError:
             raise SamplingError(f"a baseline of shape {kind.shape} does not fit an image {x.shape}") from None
     if kind == "black":
-        return np.broadcast_to(context.black, x.shape).astype(x.dtype)
+        return np.broadcast_to(context.black_and_white("the black baseline")[0], x.shape).astype(x.dtype)
     if kind == "zeros":
         return np.zeros_like(x)
     if kind == "blurred":
         return gaussian_filter(x, sigma=(0, blur_sigma, blur_sigma), mode="nearest").astype(x.dtype)
     if kind == "uniform":
-        span = context.white - context.black
-        return (context.black + rng.random(x.shape, dtype=np.float32) * span).astype(x.dtype)
+        black, white = context.black_and_white("the uniform baseline")
+        return (black + rng.random(x.shape, dtype=np.float32) * (white - black)).astype(x.dtype)
     raise SamplingError(f"unknown baseline {kind!r}; known: {', '.join(BASELINES)} or an array")
 
 

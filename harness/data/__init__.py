@@ -1,7 +1,7 @@
 """Benchmark data: bundled generators and loaders for users' image folders, behind one interface.
 
 ``load_dataset(source, card)`` returns an :class:`ImageSet` of pixels in [0, 1] shaped for the model's card;
-``normalise(images, card.mean, card.std)`` then gives the model's input. ``source`` is a name in
+``card.to_model(images)`` (a :class:`Preprocessing`) then gives the model's input. ``source`` is a name in
 ``DATASETS`` or a path (a folder with one subfolder per class, a folder of images, or a CSV of path,label).
 """
 
@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 from harness import DEFAULT_SEED
-from harness.data.base import DataError, ImageSet, black_value, match_channels, normalise
+from harness.data.base import DataError, ImageSet, Preprocessing, black_value, match_channels, normalise
 
-__all__ = ["DATASETS", "DataError", "ImageSet", "black_value", "load_dataset", "match_channels", "normalise"]
+__all__ = ["DATASETS", "DataError", "ImageSet", "Preprocessing", "black_value", "load_dataset", "match_channels", "normalise"]
 
 DEFAULT_COUNT = 64
 
@@ -64,10 +64,12 @@ def load_dataset(source: str | Path, card, n: int | None = None, seed: int = DEF
     balanced across classes, resized, cropped and converted as :mod:`harness.data.folders` documents.
     """
     if str(source) in DATASETS:
+        card.require("input_size", why=f"to generate {source} images")
         return DATASETS[str(source)](tuple(card.input_size), n, seed)
     path = Path(source)
     if not path.exists():
         raise DataError(f"{source} is neither a bundled dataset ({', '.join(DATASETS)}) nor an existing path")
     from harness.data.folders import load_image_folder
 
+    card.require("input_size", why=f"to read the images of {source}")
     return load_image_folder(path, tuple(card.input_size), label_names=card.labels, limit=n)

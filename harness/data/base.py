@@ -64,15 +64,48 @@ def match_channels(images: np.ndarray, channels: int) -> np.ndarray:
     raise DataError(f"cannot convert {have}-channel images to {channels} channels")
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How pixels in [0, 1] become a model's input: the channels are put in ``channel_order`` (images are
+    RGB), each pixel is scaled to ``pixel_range`` (0 becomes low, 1 high), then ``(value - mean) / std`` per
+    channel, with mean and std in those units and in the model's channel order."""
+
+    mean: tuple
+    std: tuple
+    pixel_range: tuple = (0.0, 1.0)
+    channel_order: str = "RGB"
+
+    def _affine(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """scale, offset [1, C, 1, 1]: model input = pixel * scale + offset, in the model's channel order."""
+        if channels != len(self.mean):
+            raise DataError(f"images have {channels} channels, the model's preprocessing {len(self.mean)}")
+        low, high = self.pixel_range
+        mean, std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
+        return ((high - low) / std).reshape(1, -1, 1, 1), ((low - mean) / std).reshape(1, -1, 1, 1)
+
+    def _reordered(self, images: np.ndarray) -> np.ndarray:
+        return images[:, ::-1] if self.channel_order == "BGR" else images
+
+    def to_model(self, pixels: np.ndarray) -> np.ndarray:
+        """RGB pixels [N, C, H, W] as the model's input (float32, NCHW)."""
+        scale, offset = self._affine(pixels.shape[1])
+        return (self._reordered(np.asarray(pixels)) * scale + offset).astype(np.float32)
+
+    def to_pixels(self, x: np.ndarray) -> np.ndarray:
+        """The inverse: model inputs [N, C, H, W] back to RGB pixels (for pictures)."""
+        scale, offset = self._affine(x.shape[1])
+        return self._reordered((np.asarray(x, np.float64) - offset) / scale).astype(np.float32)
+
+    def value_of(self, level: float, channels: int) -> np.ndarray:
+        """The model-input value of a grey level (0 black, 1 white) in every channel, [C, 1, 1]."""
+        return self.to_model(np.full((1, channels, 1, 1), level, np.float32))[0]
+
+
 def normalise(images: np.ndarray, mean, std) -> np.ndarray:
     """(pixels − mean) / std per channel, as float32; pixels in [0, 1], [N, C, H, W]."""
-    mean = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-    if images.shape[1] != mean.shape[1]:
-        raise DataError(f"images have {images.shape[1]} channels, the model's mean/std {mean.shape[1]}")
-    return ((images - mean) / std).astype(np.float32)
+    return Preprocessing(tuple(mean), tuple(std)).to_model(images)
 
 
 def black_value(mean, std) -> np.ndarray:
     """The model-input value of a black pixel, per channel, shaped [C, 1, 1]."""
-    return normalise(np.zeros((1, len(mean), 1, 1), np.float32), mean, std)[0]
+    return Preprocessing(tuple(mean), tuple(std)).value_of(0.0, len(mean))

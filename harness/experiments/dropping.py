@@ -45,11 +45,9 @@ def _figure(model, dropped: dict, path: Path) -> Path:
     from harness.visual import image_rgb
 
     plt = pyplot()
-    mean = np.asarray(model.card.mean, np.float32).reshape(-1, 1, 1)
-    std = np.asarray(model.card.std, np.float32).reshape(-1, 1, 1)
     figure, axes = plt.subplots(1, len(dropped), figsize=(1.5 * len(dropped), 1.8), squeeze=False)
     for axis, (keep, points) in zip(axes[0], dropped.items()):
-        axis.imshow(image_rgb(points[0] * std + mean), interpolation="nearest")
+        axis.imshow(image_rgb(model.card.preprocessing.to_pixels(points[:1])[0]), interpolation="nearest")
         axis.set_title(f"keep {keep:.0%}", fontsize=8)
         axis.axis("off")
     return save_figure(figure, path)

@@ -8,46 +8,52 @@ VJP rule per node in reverse topological order; gradients summed where a tensor 
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Iterable
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference
+from onnx import helper
 
-from harness.errors import ModelSignatureError, UnsupportedOpsError
+from harness.errors import ModelSignatureError, NoGradientPathError, UnsupportedOpsError
 from harness.gradients.context import (
     GraphEmitter,
     TensorInfo,
     UnsupportedConfiguration,
     VJPContext,
-    tensor_info_from_value_info,
 )
+from harness.gradients.graph import STANDARD_DOMAINS, default_opset, node_inputs
+from harness.gradients.prepare import inferred_infos, prepare
 from harness.gradients.registry import NON_DIFFERENTIABLE, VJP_RULES, _load_rules
 
 GRAD_SEED = "grad_seed"
 INPUT_GRAD = "input_grad"
-MIN_OPSET = 13
-STANDARD_DOMAINS = ("", "ai.onnx")
 TARGET_KEY = "harness.gradient_target"   # metadata: the output whose gradient is taken
 INPUT_KEY = "harness.gradient_input"     # metadata: the image input
+NOTES_KEY = "harness.preparation"        # metadata: what preparation changed (a JSON list of sentences)
+CONTROL_FLOW = {"If": "an If whose condition is computed from the input (only a constant condition is folded)",
+                "Loop": "a Loop (control flow has no gradient rule)",
+                "Scan": "a Scan (control flow has no gradient rule)"}
 
 
 def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: Iterable[str] = (),
-                       input: str | None = None) -> onnx.ModelProto:
+                       input: str | None = None, image_shape: tuple | None = None) -> onnx.ModelProto:
     """Return a copy of ``model`` that also computes the gradient of ``sum(grad_seed * output)``.
 
     The copy keeps every original input and output and adds the input ``grad_seed`` (shaped like the output,
     ``[N, K]`` for a classifier) and the output ``input_grad`` (shaped like the image input). Each name in
     ``taps`` is exposed as an output ``<name>`` with its gradient ``<name>_grad``. The batch dimension stays
-    dynamic. Raises ``UnsupportedOpsError`` naming every op without a rule before anything else is built.
+    dynamic. ``input`` names the image input where there are several float inputs; ``image_shape`` gives its
+    non-batch dims where the graph leaves them open (see :mod:`harness.gradients.prepare`, which runs first).
+
+    Refuses before building anything: ``UnsupportedOpsError`` names every op on the gradient path without a
+    rule; ``NoGradientPathError`` says where every path from the image to the output is cut.
     """
     _load_rules()
-    model = _prepared_copy(model)
+    prepared = prepare(model, input=input, image_shape=image_shape)
+    model, image, infos = prepared.model, prepared.image, prepared.infos
     graph = model.graph
-    opset = _default_opset(model)
-    infos, constants = _tensor_facts(model)
-    image = _image_input(graph, infos, input)
+    opset = default_opset(model)
     target = _target_output(graph, infos, output)
     if infos[target].dims is None:
         raise ModelSignatureError(f"the shape of output {target!r} is unknown, so grad_seed cannot be declared")
@@ -60,9 +66,11 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     relevant = _backward_relevant(graph, {target, *taps})
     to_differentiate = [node for node in graph.node if any(o in active and o in relevant for o in node.output)]
     _check_supported(to_differentiate)
+    if target != image and target not in _forward_active(graph, {image}, infos):
+        _refuse_cut_paths(graph, image, target, active)
 
     taken = _all_names(graph)
-    emitter = GraphEmitter(taken, opset, infos, constants)
+    emitter = GraphEmitter(taken, opset, infos, prepared.constants)
     backward = _Backward(emitter, active, relevant)
     backward.seed(target, GRAD_SEED)
     backward.run(reversed(to_differentiate))
@@ -87,9 +95,17 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     # prove that a gradient and its activation match, e.g. to keep both in a blocked memory layout.
     graph.value_info.extend(_value_info(grad, infos[forward]) for grad, forward in backward.shaped_like.items()
                             if forward in infos and infos[forward].dims is not None)
-    _record(model, {TARGET_KEY: target, INPUT_KEY: image})
+    _record(model, {TARGET_KEY: target, INPUT_KEY: image, NOTES_KEY: json.dumps(list(prepared.notes))})
     onnx.checker.check_model(model)
     return model
+
+
+def preparation_notes(model: onnx.ModelProto) -> list[str]:
+    """What preparation changed to build the gradient model ``model`` (its recorded notes)."""
+    for prop in model.metadata_props:
+        if prop.key == NOTES_KEY:
+            return json.loads(prop.value)
+    return []
 
 
 class _Backward:
@@ -137,7 +153,9 @@ class _Backward:
             except UnsupportedConfiguration as error:
                 failures[node.op_type].append(node.name or node.output[0])
                 reasons[node.op_type] = str(error)
-                continue
+                # Let a zero stand in for the missing gradient, so that every failing node is found.
+                ctx.input_grads = {i: self.emit.zeros_like(name) for i, name in enumerate(node.input)
+                                   if active_inputs[i]}
             for i, grad in ctx.input_grads.items():
                 self.contributions[node.input[i]].append(grad)
                 self.shaped_like[grad] = node.input[i]
@@ -151,74 +169,6 @@ class _Backward:
         return node.output[index]
 
 
-# -- preparation ------------------------------------------------------------------------------------------
-def _prepared_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    if copy.functions:
-        copy = onnx.inliner.inline_local_functions(copy)
-    if _default_opset(copy) < MIN_OPSET:
-        from onnx import version_converter
-
-        copy = version_converter.convert_version(copy, 17)
-    return copy
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    for entry in model.opset_import:
-        if entry.domain in STANDARD_DOMAINS:
-            return entry.version
-    return 1
-
-
-def _tensor_facts(model: onnx.ModelProto) -> tuple[dict[str, TensorInfo], dict[str, np.ndarray]]:
-    try:
-        inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # shape inference is a best effort: rules that need a fact say so
-        inferred = model
-    graph = inferred.graph
-    infos = {}
-    for value_info in [*graph.input, *graph.value_info, *graph.output]:
-        infos[value_info.name] = tensor_info_from_value_info(value_info)
-    constants = {}
-    for tensor in model.graph.initializer:
-        constants[tensor.name] = numpy_helper.to_array(tensor)
-        infos[tensor.name] = TensorInfo(tensor.data_type, tuple(tensor.dims))
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
-            value = _constant_node_value(node)
-            if value is not None:
-                constants[node.output[0]] = value
-    return infos, constants
-
-
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for attribute in node.attribute:
-        value = helper.get_attribute_value(attribute)
-        if attribute.name == "value":
-            return numpy_helper.to_array(value)
-        if attribute.name in ("value_float", "value_int"):
-            return np.asarray(value)
-        if attribute.name in ("value_floats", "value_ints"):
-            return np.asarray(list(value))
-    return None
-
-
-def _image_input(graph: onnx.GraphProto, infos: dict[str, TensorInfo], requested: str | None) -> str:
-    initializers = {t.name for t in graph.initializer}
-    candidates = [i.name for i in graph.input if i.name not in initializers and infos[i.name].is_float]
-    if requested is not None:
-        if requested not in candidates:
-            raise ModelSignatureError(f"input {requested!r} is not a float input of the model; "
-                                      f"float inputs: {candidates}")
-        return requested
-    if not candidates:
-        raise ModelSignatureError("the model has no float input to take the gradient with respect to")
-    if len(candidates) > 1:
-        raise ModelSignatureError(f"the model has several float inputs {candidates}; name the image input")
-    return candidates[0]
-
-
 def _target_output(graph: onnx.GraphProto, infos: dict[str, TensorInfo], requested: str | None) -> str:
     outputs = [o.name for o in graph.output]
     if requested is not None:
@@ -227,7 +177,7 @@ def _target_output(graph: onnx.GraphProto, infos: dict[str, TensorInfo], request
         if not infos[requested].is_float:
             raise ModelSignatureError(f"output {requested!r} is not a float tensor")
         return requested
-    float_outputs = [o for o in outputs if infos[o].is_float]
+    float_outputs = [o for o in outputs if o in infos and infos[o].is_float]
     if len(float_outputs) == 1:
         return float_outputs[0]
     if not float_outputs:
@@ -242,7 +192,7 @@ def _forward_active(graph: onnx.GraphProto, sources: set[str], infos: dict[str, 
     for node in graph.node:
         if node.op_type in NON_DIFFERENTIABLE and node.domain in STANDARD_DOMAINS:
             continue
-        if any(i in active for i in node.input if i):
+        if any(i in active for i in node_inputs(node)):
             for o in node.output:
                 if o and infos.get(o, TensorInfo(0, None)).is_float:
                     active.add(o)
@@ -254,8 +204,27 @@ def _backward_relevant(graph: onnx.GraphProto, sinks: set[str]) -> set[str]:
     relevant = set(sinks)
     for node in reversed(graph.node):
         if any(o in relevant for o in node.output):
-            relevant.update(i for i in node.input if i)
+            relevant.update(node_inputs(node))
     return relevant
+
+
+def _refuse_cut_paths(graph: onnx.GraphProto, image: str, target: str, active: set[str]) -> None:
+    """Raise NoGradientPathError naming the nodes where the output's dependence on the image stops being
+    differentiable (integer outputs, comparisons, quantisation), or saying that there is no dependence."""
+    depends = {image}
+    cuts: list[str] = []
+    for node in graph.node:
+        if any(i in depends for i in node_inputs(node)):
+            depends.update(o for o in node.output if o)
+            if not any(o in active for o in node.output):
+                cuts.append(f"{node.op_type} at {node.name or node.output[0]!r}")
+    if target not in depends:
+        raise NoGradientPathError(f"the output {target!r} does not depend on the image input {image!r}")
+    shown = ", ".join(cuts[:8]) + (f" and {len(cuts) - 8} more" if len(cuts) > 8 else "")
+    raise NoGradientPathError(
+        f"the output {target!r} depends on the image input {image!r} only through ops whose result carries no "
+        f"gradient (integer or boolean outputs, comparisons, rounding): {shown}; its input gradient would be "
+        "zero everywhere")
 
 
 def _check_supported(nodes: list[onnx.NodeProto]) -> None:
@@ -266,7 +235,7 @@ def _check_supported(nodes: list[onnx.NodeProto]) -> None:
             label = node.op_type if standard else f"{node.domain}::{node.op_type}"
             missing[label].append(node.name or node.output[0])
     if missing:
-        raise UnsupportedOpsError(dict(missing))
+        raise UnsupportedOpsError(dict(missing), {op: CONTROL_FLOW[op] for op in missing if op in CONTROL_FLOW})
 
 
 def _all_names(graph: onnx.GraphProto) -> set[str]:
@@ -297,7 +266,7 @@ def tensor_value_info(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
     for value_info in model.graph.output:
         if value_info.name == name:
             return value_info
-    infos, _ = _tensor_facts(model)
+    infos = inferred_infos(model)
     if name not in infos:
         raise ModelSignatureError(f"{name!r} is not a tensor of the model")
     return _value_info(name, infos[name])

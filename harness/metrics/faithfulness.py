@@ -127,7 +127,7 @@ def deletion_curves(images, attributions, labels, runtime, card, steps: int = DE
     """Fractions [K+1] and probabilities [N, K+1] while the most salient locations turn black."""
     from harness.attribution.samplers import Context
 
-    black = Context.from_card(card).black
+    black = Context.from_card(card).black_and_white("deletion")[0]
     if black.shape[0] != np.shape(images)[1]:
         raise HarnessError(f"the card has {black.shape[0]} channels, the images {np.shape(images)[1]}")
     return causal_curves(images, attributions, labels, runtime, images, black, steps, logits_are_probabilities)

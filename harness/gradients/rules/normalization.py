@@ -3,6 +3,8 @@ LayerNormalization (statistics of the input itself, so their gradient has the me
 
 from __future__ import annotations
 
+import numpy as np
+
 from harness.gradients.context import UnsupportedConfiguration, VJPContext
 from harness.gradients.registry import vjp
 
@@ -54,3 +56,31 @@ def layer_normalization(ctx: VJPContext) -> None:
     axes = list(range(ctx.attr("axis", -1) % rank, rank))
     grad_xhat = ctx.op("Mul", ctx.grad_output(0), ctx.input(1))
     ctx.set_grad(0, _standardised_backward(ctx, x, axes, ctx.attr("epsilon", 1e-5), grad_xhat))
+
+
+@vjp("LRN")
+def local_response_normalization(ctx: VJPContext) -> None:
+    """y_c = x_c s_c^-b with s_c = bias + a/n sum_{i in W(c)} x_i^2 over the channel window
+    W(c) = [c - lo, c + hi], lo = floor((n - 1) / 2), hi = ceil((n - 1) / 2) (AlexNet's LRN, ONNX's definition).
+
+    dx_k = g_k s_k^-b - (2 a b / n) x_k sum_{c: k in W(c)} g_c x_c s_c^(-b-1), and k in W(c) means
+    c in [k - hi, k + lo]: the same window sum with its ends swapped. Window sums are a convolution with ones
+    along the channel axis of the input with a unit axis inserted before it.
+    """
+    x, g = ctx.input(0), ctx.grad_output(0)
+    size, rank = ctx.attr("size"), ctx.rank(x)
+    alpha, beta, bias = ctx.attr("alpha", 1e-4), ctx.attr("beta", 0.75), ctx.attr("bias", 1.0)
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    kernel = ctx.emit.const(np.ones([1, 1, size] + [1] * (rank - 2)), ctx.emit.elem_type(x))
+
+    def channel_window_sum(t: str, before: int, after: int) -> str:
+        zeros = [0] * (rank - 2)
+        summed = ctx.op("Conv", ctx.emit.unsqueeze(t, [1]), kernel, pads=[before, *zeros, after, *zeros])
+        return ctx.op("Squeeze", summed, ctx.emit.ints([1]))
+
+    s = ctx.op("Add", ctx.scalar(bias, x),
+               ctx.op("Mul", ctx.scalar(alpha / size, x), channel_window_sum(ctx.op("Mul", x, x), lo, hi)))
+    s_pow = ctx.op("Pow", s, ctx.scalar(-beta, x))
+    weighted = ctx.op("Div", ctx.op("Mul", ctx.op("Mul", g, x), s_pow), s)
+    cross = ctx.op("Mul", ctx.op("Mul", x, ctx.scalar(2 * alpha * beta / size, x)), channel_window_sum(weighted, hi, lo))
+    ctx.set_grad(0, ctx.op("Sub", ctx.op("Mul", g, s_pow), cross))

@@ -181,9 +181,10 @@ def resize(ctx: VJPContext) -> None:
     reference implementation at build time; only the last two axes may change size.
     """
     x, y = ctx.input(0), ctx.output(0)
-    in_dims, out_dims = ctx.emit.static_dims(x), ctx.dims(y)
-    if in_dims is None or out_dims is None or not all(isinstance(d, int) for d in out_dims[-2:]):
-        raise UnsupportedConfiguration("Resize needs static input and output sizes")
+    in_dims, out_dims = ctx.dims(x), ctx.dims(y)
+    if in_dims is None or out_dims is None or not all(isinstance(d, int) for d in [*in_dims[-2:], *out_dims[-2:]]):
+        raise UnsupportedConfiguration(f"Resize needs static sizes of its last two axes (input {in_dims}, "
+                                       f"output {out_dims})")
     rank = len(in_dims)
     changed = [a for a in range(rank) if in_dims[a] != out_dims[a]]
     if any(a < rank - 2 for a in changed):

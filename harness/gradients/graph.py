@@ -1,0 +1,85 @@
+"""Small facts about ONNX graphs that several steps of the pass need: opsets and the inputs a node reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from harness.gradients.context import FLOAT_TYPES
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset of the standard (ai.onnx) domain."""
+    for entry in model.opset_import:
+        if entry.domain in STANDARD_DOMAINS:
+            return entry.version
+    return 1
+
+
+def set_default_opset(model: onnx.ModelProto, version: int) -> None:
+    for entry in model.opset_import:
+        if entry.domain in STANDARD_DOMAINS:
+            entry.version = version
+            return
+    model.opset_import.add(domain="", version=version)
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held by a node's attributes (If branches, Loop and Scan bodies)."""
+    graphs = []
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attribute.g)
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attribute.graphs)
+    return graphs
+
+
+def implicit_inputs(node: onnx.NodeProto) -> set[str]:
+    """Names of the enclosing graph that a node's subgraphs read without declaring them as inputs."""
+    names: set[str] = set()
+    for graph in subgraphs(node):
+        defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+        defined |= {o for inner in graph.node for o in inner.output}
+        for inner in graph.node:
+            names |= {i for i in inner.input if i and i not in defined}
+            names |= {i for i in implicit_inputs(inner) if i not in defined}
+        names |= {o.name for o in graph.output if o.name not in defined}
+    return names
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Every tensor a node reads: its inputs, then the outer names its subgraphs use."""
+    explicit = [i for i in node.input if i]
+    return explicit + sorted(implicit_inputs(node) - set(explicit))
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a Constant node (None for a sparse value)."""
+    for attribute in node.attribute:
+        value = helper.get_attribute_value(attribute)
+        if attribute.name == "value":
+            return numpy_helper.to_array(value)
+        if attribute.name in ("value_float", "value_int"):
+            return np.asarray(value, np.float32 if attribute.name == "value_float" else np.int64)
+        if attribute.name in ("value_floats", "value_ints"):
+            return np.asarray(list(value), np.float32 if attribute.name == "value_floats" else np.int64)
+    return None
+
+
+def image_inputs(model: onnx.ModelProto) -> list[str]:
+    """The model's float inputs that are not initializers: the candidates for the image."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers and i.type.HasField("tensor_type")
+            and i.type.tensor_type.elem_type in FLOAT_TYPES]
+
+
+def declared_dims(model: onnx.ModelProto, name: str) -> list | None:
+    """The declared dims of input ``name``: ints, or None where a dim is symbolic or unknown."""
+    value_info = next((i for i in model.graph.input if i.name == name), None)
+    if value_info is None or not value_info.type.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]

@@ -1,0 +1,275 @@
+"""Preparation of a classifier for the reverse-mode pass: the same function, in the form the rules expect.
+
+Models arrive from many exporters and eras: Caffe2's IR 3 with weights listed as graph inputs, tf2onnx at
+opsets 13 to 15 with Flatten written as shape arithmetic, torch's pads computed by small subgraphs. ``prepare``
+rewrites a copy without changing what it computes:
+
+1. local functions are inlined;
+2. initializers that are also listed as graph inputs (IR 3 requires that; later IRs read it as "may be
+   overridden") become plain constants; the image input stays an input;
+3. opsets below ``TARGET_OPSET`` are upgraded with onnx's version converter, because the rules emit ops of
+   that opset (MaxPool's adjoint is a ScatterElements with a reduction, which needs opset 16);
+4. the image input's non-batch dims are fixed, from the graph or from the image shape the caller gives (the
+   model card's); the batch dim stays symbolic;
+5. constant subgraphs are folded into initializers (:mod:`harness.gradients.folding`), shape arithmetic
+   included wherever the shapes it reads are known, and an If whose condition is constant is replaced by its
+   branch;
+6. shapes come from onnx's shape inference; where it gives up, a probe run of the model at two batch sizes
+   measures them.
+
+Every step that changed something leaves a note in ``PreparedModel.notes``; ``harness inspect`` shows them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference, version_converter
+
+from harness.errors import ModelSignatureError
+from harness.gradients.context import TensorInfo, tensor_info_from_value_info
+from harness.gradients.folding import fold_constants
+from harness.gradients.graph import (STANDARD_DOMAINS, constant_node_value, default_opset, image_inputs,
+                                    set_default_opset)
+
+TARGET_OPSET = 17
+MIN_IR_VERSION = 8            # the IR of opset 17; every onnxruntime we support reads it
+BATCH_SYMBOL = "N"            # the batch dim's name where the model gives it none
+PROBE_BATCHES = (2, 3)        # not 1: a Squeeze without axes would drop a batch dim of 1
+MAX_FOLD_ROUNDS = 8
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """A prepared copy of a model and what is known about each of its tensors."""
+
+    model: onnx.ModelProto
+    image: str                              # the image input
+    infos: dict[str, TensorInfo]            # element type and shape of every tensor known
+    constants: dict[str, np.ndarray]        # the value of every constant tensor
+    notes: tuple[str, ...]                  # what preparation changed, in words
+
+
+def prepare(model: onnx.ModelProto, input: str | None = None, image_shape: tuple | None = None,
+            probe: bool = True) -> PreparedModel:
+    """Prepare a copy of ``model``; ``input`` names the image input when there are several float inputs,
+    ``image_shape`` gives its non-batch dims (in the model's own layout) where the graph leaves them open."""
+    notes: list[str] = []
+    model = _copy(model)
+    if model.functions:
+        model = onnx.inliner.inline_local_functions(model)
+        notes.append("local functions inlined")
+    _freeze_initializer_inputs(model, input, notes)
+    image = _image_input(model, input)
+    model = _upgraded(model, notes)
+    _fix_input_shape(model.graph, image, image_shape, notes)
+    done: Counter = Counter()
+    for _ in range(MAX_FOLD_ROUNDS):
+        inferred = _inferred(model)
+        folded = fold_constants(model, _infos(inferred))
+        if not folded:
+            break
+        done += folded
+    _note_folding(done, notes)
+    infos = _infos(inferred)
+    constants = _constants(model)
+    for name, value in constants.items():
+        infos[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(value.dtype), tuple(value.shape))
+    if probe:
+        _probe_unknown_shapes(model, image, infos, notes)
+    return PreparedModel(model, image, infos, constants, tuple(notes))
+
+
+def _note_folding(done: Counter, notes: list[str]) -> None:
+    if done["if"]:
+        notes.append(f"{done['if']} If node(s) with a constant condition replaced by their branch")
+    if done["folded"]:
+        notes.append(f"{done['folded']} node(s) computing constants folded")
+    if done["reshape"]:
+        notes.append(f"{done['reshape']} Reshape shape(s) computed at run time written as constants")
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+def _freeze_initializer_inputs(model: onnx.ModelProto, requested: str | None, notes: list[str]) -> None:
+    initializers = {t.name for t in model.graph.initializer}
+    kept = [i for i in model.graph.input if i.name not in initializers or i.name == requested]
+    frozen = len(model.graph.input) - len(kept)
+    if frozen:
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+        notes.append(f"{frozen} initializer(s) listed as graph inputs (IR {model.ir_version} style) treated as "
+                     "constants")
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
+
+
+def _image_input(model: onnx.ModelProto, requested: str | None) -> str:
+    graph = model.graph
+    candidates = image_inputs(model)
+    if requested is not None:
+        if requested not in candidates:
+            raise ModelSignatureError(f"input {requested!r} is not a float input of the model; "
+                                      f"float inputs: {candidates}")
+        return requested
+    if not candidates:
+        raise ModelSignatureError("the model has no float input to take the gradient with respect to; inputs: "
+                                  f"{[i.name for i in graph.input]}")
+    if len(candidates) > 1:
+        raise ModelSignatureError(f"the model has several float inputs {candidates}; name the image input "
+                                  "(--input-name, or input_name in the model card)")
+    return candidates[0]
+
+
+def _fix_input_shape(graph: onnx.GraphProto, image: str, image_shape, notes: list[str]) -> None:
+    """Give the image input static non-batch dims; name a nameless batch dim."""
+    value_info = next(i for i in graph.input if i.name == image)
+    tensor_type = value_info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        if image_shape is None:
+            return
+        tensor_type.shape.dim.add().dim_param = BATCH_SYMBOL
+        for _ in image_shape:
+            tensor_type.shape.dim.add()
+    dims = tensor_type.shape.dim
+    if image_shape is not None:
+        image_shape = [int(d) for d in image_shape]
+        declared = [d.dim_value if d.HasField("dim_value") else None for d in dims[1:]]
+        if len(declared) != len(image_shape) or any(d is not None and d != s for d, s in zip(declared, image_shape)):
+            shown = ["N" if not d.HasField("dim_value") else d.dim_value for d in dims]
+            raise ModelSignatureError(f"the image shape {image_shape} does not fit input {image!r}, declared "
+                                      f"as {shown}")
+        opened = [i for i, d in enumerate(declared) if d is None]
+        for i in opened:
+            dims[1 + i].Clear()
+            dims[1 + i].dim_value = image_shape[i]
+        if opened:
+            notes.append(f"input {image!r} fixed to {[_dim_text(d) for d in dims]} (the model card's size)")
+    if len(dims) and not dims[0].HasField("dim_value") and not dims[0].dim_param:
+        dims[0].dim_param = BATCH_SYMBOL
+
+
+def _dim_text(dim) -> str | int:
+    return dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?")
+
+
+# -- opset ---------------------------------------------------------------------------------------------
+def _upgraded(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    opset = default_opset(model)
+    if opset >= TARGET_OPSET:
+        return model
+    try:
+        converted = version_converter.convert_version(model, TARGET_OPSET)
+    except Exception as error:  # the converter raises RuntimeError, ValueError or onnx's own errors
+        raise ModelSignatureError(
+            f"the model's opset {opset} must be upgraded to {TARGET_OPSET} for the gradient pass, and onnx's "
+            f"version converter failed: {_first_line(error)}") from None
+    set_default_opset(converted, TARGET_OPSET)
+    converted.ir_version = max(converted.ir_version, MIN_IR_VERSION)
+    notes.append(f"opset {opset} upgraded to {TARGET_OPSET} by onnx's version converter")
+    return converted
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
+
+
+# -- tensor facts --------------------------------------------------------------------------------------
+def inferred_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
+    """What onnx's shape inference knows of every tensor of ``model`` (best effort, nothing probed)."""
+    return _infos(_inferred(model))
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # shape inference is a best effort: the probe measures what it leaves open
+        return model
+
+
+def _infos(inferred: onnx.ModelProto) -> dict[str, TensorInfo]:
+    graph = inferred.graph
+    return {v.name: tensor_info_from_value_info(v) for v in [*graph.input, *graph.value_info, *graph.output]
+            if v.type.HasField("tensor_type")}
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
+            value = constant_node_value(node)
+            if value is not None:
+                constants[node.output[0]] = value
+    return constants
+
+
+def _needs_probe(info: TensorInfo | None, batch: str | None) -> bool:
+    if info is None or info.dims is None:
+        return True
+    return any(not isinstance(d, int) and d != batch for d in info.dims)
+
+
+def _probe_unknown_shapes(model: onnx.ModelProto, image: str, infos: dict[str, TensorInfo],
+                          notes: list[str]) -> None:
+    """Measure the shapes shape inference left open by running the model at two batch sizes.
+
+    A dim that differs between the runs and equals the batch size is the batch dim; any other dim that
+    differs stays unknown. Nothing is probed when the image's own dims are open or other inputs need values.
+    """
+    graph = model.graph
+    image_info = infos.get(image)
+    if image_info is None or image_info.dims is None or not all(isinstance(d, int) for d in image_info.dims[1:]):
+        return
+    if any(i.name != image for i in graph.input):
+        return
+    batch = image_info.dims[0]
+    symbol = None if isinstance(batch, int) else batch
+    wanted = list(dict.fromkeys(o for node in graph.node for o in node.output
+                                if o and _needs_probe(infos.get(o), symbol)))
+    if not wanted:
+        return
+    import onnxruntime as ort
+
+    probe_model = _copy(model)
+    known_outputs = {o.name for o in probe_model.graph.output}
+    probe_model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted if name not in known_outputs)
+    del probe_model.graph.value_info[:]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        batches = (batch,) if isinstance(batch, int) else PROBE_BATCHES
+        dtype = helper.tensor_dtype_to_np_dtype(image_info.elem_type or onnx.TensorProto.FLOAT)
+        rng = np.random.default_rng(0)
+        runs = [dict(zip(wanted, session.run(wanted, {image: rng.standard_normal((b, *image_info.dims[1:]))
+                                                             .astype(dtype)})))
+                for b in batches]
+    except Exception:  # a model that cannot run here fails later with the runtime's own message
+        return
+    measured = 0
+    for name in wanted:
+        values = [np.asarray(run[name]) for run in runs]
+        if len({v.ndim for v in values}) != 1:
+            continue
+        dims = []
+        for axis in range(values[0].ndim):
+            sizes = [v.shape[axis] for v in values]
+            if len(set(sizes)) == 1:
+                dims.append(sizes[0])
+            elif sizes == list(batches):
+                dims.append(batch)
+            else:
+                dims.append(None)
+        infos[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(values[0].dtype), tuple(dims))
+        measured += 1
+    if measured:
+        notes.append(f"shapes of {measured} tensor(s) that shape inference left open measured by a probe run")

@@ -1,0 +1,155 @@
+"""``harness.gradcheck``: right verdicts both ways. Correct gradients pass at a tolerance of 1e-3 (on ReLU and
+max-pool networks, at flat images full of ties, behind a saturated Softmax), and subtly wrong rules fail:
+swapped asymmetric pads, a wrong stride, a 0.2% scale error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from harness.gradcheck import DEFAULT_TOLERANCE, check_gradient
+from harness.gradients.registry import VJP_RULES, _load_rules
+from harness.model_card import read_card
+from harness.onnx_io import load_model
+from harness.runtime import GradientRuntime
+
+F = TensorProto.FLOAT
+MODELS_DIR = Path(__file__).resolve().parents[1] / "exported_models"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def bundled(name: str, images: int = 3, seed: int = 0):
+    path = MODELS_DIR / f"{name}.onnx"
+    proto = load_model(path)
+    card = read_card(proto, path)
+    pixels = np.random.default_rng(seed).random((images, *card.input_size), dtype=np.float32)
+    return GradientRuntime.from_card(proto, card), card.to_model(pixels), card
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "shapes_vgg", "shapes_vit"])
+def test_correct_gradients_pass_at_a_tight_tolerance(name):
+    runtime, x, _ = bundled(name)
+    result = check_gradient(runtime, x)
+    assert result.passed, result
+    assert result.relative_error < DEFAULT_TOLERANCE / 5
+    assert result.checked == "logits" and set(result.errors_by_step) == {0.1, 0.03}
+    if name != "shapes_vit":
+        assert result.kinks_frozen > 10_000 and result.kinks_crossed > 0
+
+
+def test_flat_images_full_of_max_pool_ties_pass():
+    """A constant image ties every max-pool window; the frozen pools pick what the runtime picked."""
+    runtime, x, card = bundled("shapes_vgg")
+    grey = card.to_model(np.full((2, *card.input_size), 0.5, np.float32))
+    assert check_gradient(runtime, grey).passed
+
+
+def saturated_softmax_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(200 * rng.standard_normal((5, 8)).astype(np.float32), "fc")]
+    graph = helper.make_graph(nodes, "saturated", [helper.make_tensor_value_info("x", F, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("probabilities", F, ["N", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_saturated_softmax_head_is_checked_in_logit_space():
+    runtime = GradientRuntime(saturated_softmax_model(), use_cache=False)
+    x = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    assert runtime.forward(x).max(axis=1).min() == 1.0           # saturated in float32
+    result = check_gradient(runtime, x)
+    assert result.passed, result
+    assert result.checked == "logits" and "Softmax head" in result.note
+
+
+def test_an_output_that_does_not_move_is_inconclusive_not_a_pass():
+    runtime = GradientRuntime(saturated_softmax_model(), use_cache=False).with_output("logits")
+    result = check_gradient(runtime, np.zeros((2, 3, 8, 8), np.float32))   # every ReLU at its kink, held off
+    assert result.flat and not result.passed and "inconclusive" in result.note
+    assert check_gradient(runtime, np.full((2, 3, 8, 8), -50.0, np.float32)).passed   # steps scale with the input
+
+
+# -- injected defects ---------------------------------------------------------------------------------------
+def tf_same_padding_model() -> onnx.ModelProto:
+    """A stride-2 convolution with TensorFlow's asymmetric "SAME" pads (0 before, 1 after), then a stride-(2, 1)
+    one, ReLUs, a global pool and a dense head."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], strides=[2, 2], pads=[0, 0, 1, 1], name="same_conv"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 1], pads=[1, 1, 1, 1], name="tall_conv"),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1)]
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 6, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "fc")]
+    graph = helper.make_graph(nodes, "same", [helper.make_tensor_value_info("x", F, ["N", 3, 12, 12])],
+                              [helper.make_tensor_value_info("logits", F, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+
+
+def _with_attribute(name: str, change):
+    """A Conv rule that sees ``change(value)`` for the attribute ``name`` of every node that has it."""
+    _load_rules()
+    correct = VJP_RULES["Conv"]
+
+    def wrong(ctx):
+        attribute = next((a for a in ctx.node.attribute if a.name == name), None)
+        if attribute is None:
+            return correct(ctx)
+        kept = list(attribute.ints)
+        attribute.ints[:] = change(kept)
+        try:
+            correct(ctx)
+        finally:
+            attribute.ints[:] = kept
+
+    return wrong
+
+
+def _scaled_gemm(ctx):
+    _load_rules()
+    correct_gemm(ctx)
+    for i, grad in list(ctx.input_grads.items()):
+        ctx.input_grads[i] = ctx.op("Mul", grad, ctx.scalar(1.002, grad))
+
+
+_load_rules()
+correct_gemm = VJP_RULES["Gemm"]
+INJECTED = {
+    "swapped-asymmetric-pads": ("Conv", _with_attribute("pads", lambda p: p[len(p) // 2:] + p[:len(p) // 2])),
+    "stride-2-on-both-axes": ("Conv", _with_attribute("strides", lambda s: [max(s)] * len(s))),
+    "gemm-scaled-by-1.002": ("Gemm", _scaled_gemm),
+}
+
+
+def test_the_model_passes_with_the_correct_rules():
+    runtime = GradientRuntime(tf_same_padding_model(), use_cache=False)
+    x = np.random.default_rng(2).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    assert check_gradient(runtime, x).passed
+
+
+@pytest.mark.parametrize("defect", list(INJECTED))
+def test_a_subtly_wrong_rule_fails_at_every_step(defect, monkeypatch):
+    op_type, rule = INJECTED[defect]
+    monkeypatch.setitem(VJP_RULES, op_type, rule)
+    runtime = GradientRuntime(tf_same_padding_model(), use_cache=False)
+    x = np.random.default_rng(2).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    result = check_gradient(runtime, x)
+    assert not result.passed, result
+    assert min(result.errors_by_step.values()) > DEFAULT_TOLERANCE    # no step removes the error
