@@ -75,26 +75,31 @@ class Preprocessing:
     pixel_range: tuple = (0.0, 1.0)
     channel_order: str = "RGB"
 
-    def _affine(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
-        """scale, offset [1, C, 1, 1]: model input = pixel * scale + offset, in the model's channel order."""
+    def _per_channel(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """mean and std as float32 [1, C, 1, 1], in the model's channel order."""
         if channels != len(self.mean):
             raise DataError(f"images have {channels} channels, the model's preprocessing {len(self.mean)}")
-        low, high = self.pixel_range
-        mean, std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
-        return ((high - low) / std).reshape(1, -1, 1, 1), ((low - mean) / std).reshape(1, -1, 1, 1)
+        return (np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1),
+                np.asarray(self.std, np.float32).reshape(1, -1, 1, 1))
 
     def _reordered(self, images: np.ndarray) -> np.ndarray:
         return images[:, ::-1] if self.channel_order == "BGR" else images
 
     def to_model(self, pixels: np.ndarray) -> np.ndarray:
         """RGB pixels [N, C, H, W] as the model's input (float32, NCHW)."""
-        scale, offset = self._affine(pixels.shape[1])
-        return (self._reordered(np.asarray(pixels)) * scale + offset).astype(np.float32)
+        mean, std = self._per_channel(pixels.shape[1])
+        values = self._reordered(np.asarray(pixels, np.float32))
+        low, high = self.pixel_range
+        if (low, high) != (0.0, 1.0):
+            values = values * np.float32(high - low) + np.float32(low)
+        return ((values - mean) / std).astype(np.float32)
 
     def to_pixels(self, x: np.ndarray) -> np.ndarray:
         """The inverse: model inputs [N, C, H, W] back to RGB pixels (for pictures)."""
-        scale, offset = self._affine(x.shape[1])
-        return self._reordered((np.asarray(x, np.float64) - offset) / scale).astype(np.float32)
+        mean, std = self._per_channel(x.shape[1])
+        low, high = self.pixel_range
+        values = (np.asarray(x, np.float32) * std + mean - np.float32(low)) / np.float32(high - low)
+        return self._reordered(values).astype(np.float32)
 
     def value_of(self, level: float, channels: int) -> np.ndarray:
         """The model-input value of a grey level (0 black, 1 white) in every channel, [C, 1, 1]."""
