@@ -26,6 +26,11 @@ from harness.gradients.graph import STANDARD_DOMAINS, constant_node_value, defau
 
 NEVER_FOLDED = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
                           "Multinomial", "Constant"})
+# Ops that move or copy values without rounding; others on floating-point values are evaluated by ONNX
+# Runtime, so that a folded constant is bit for bit what the runtime would have computed.
+EXACT = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split",
+                   "Slice", "Gather", "GatherElements", "Expand", "Tile", "ConstantOfShape", "Shape", "Size",
+                   "Cast", "Pad", "Neg", "Abs", "Where", "Equal", "Range"})
 MAX_PARTIAL_SIZE = 64         # shape vectors are short; larger tensors are never followed entry by entry
 
 
@@ -111,9 +116,13 @@ class _Folder:
         reads = node_inputs(node)
         if not reads or any(name not in self.known for name in reads):
             return self._shape_of_known_tensor(node)
+        values = {n: self.known[n] for n in reads}
         try:
-            results = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, {n: self.known[n] for n in reads})
-        except Exception:  # an op the reference cannot run stays in the graph, for the runtime to compute
+            if node.op_type in EXACT or not any(np.issubdtype(v.dtype, np.floating) for v in values.values()):
+                results = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, values)
+            else:
+                results = _runtime_evaluation(node, values, self.opset)
+        except Exception:  # an op that cannot be evaluated here stays in the graph, for the runtime to compute
             return None
         return {name: np.asarray(value) for name, value in zip(node.output, results) if name}
 
@@ -283,6 +292,23 @@ def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
                                           if k not in {o for n in nested.node for o in n.output}})
         for output in graph.output:
             output.name = outer.get(output.name, output.name)
+
+
+def _runtime_evaluation(node: onnx.NodeProto, values: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:
+    """The node's outputs as ONNX Runtime's CPU kernels compute them."""
+    import onnxruntime as ort
+
+    inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+              for name, value in values.items()]
+    outputs = [onnx.ValueInfoProto(name=name) for name in node.output if name]
+    model = helper.make_model(helper.make_graph([node], "fold", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    produced = dict(zip([o.name for o in outputs], session.run(None, values)))
+    return [produced.get(name) for name in node.output]
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
