@@ -1,6 +1,10 @@
 """Speed of the input-gradient graph: ORT gradient call vs ORT forward vs PyTorch forward+backward.
 
     python benchmarks/gradient_speed.py --arch resnet50 --size 224 --batch 8 --threads 2
+    python benchmarks/gradient_speed.py --model their_model.onnx --batch 8 --threads 2
+
+``--model`` times any ONNX classifier (the gradient graph built as ``harness gradgraph`` builds it, with its
+model card or sidecar where it has one) against its own forward call; there is no PyTorch twin to compare.
 
 All run in one process on the same weights, batch and thread count. Each ratio is the median over rounds of
 two calls timed back to back (ORT gradient after ORT forward; PyTorch after the ORT gradient, with a pause so
@@ -28,6 +32,9 @@ from architectures import build  # noqa: E402
 from exporting import export_onnx  # noqa: E402
 
 from harness.gradients import add_input_gradient  # noqa: E402
+from harness.model_card import read_card  # noqa: E402
+from harness.onnx_io import load_model  # noqa: E402
+from harness.runtime import build_gradient_model  # noqa: E402
 
 
 def session(model: onnx.ModelProto, threads: int, profile: str | None = None,
@@ -65,6 +72,7 @@ def ratio_spread(pairs) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--model", default=None, help="time this ONNX file instead of a zoo architecture")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
@@ -74,6 +82,9 @@ def main() -> None:
                         help="also time the gradient without ORT's blocked-layout (NCHWc) optimisation")
     parser.add_argument("--profile", default=None, help="write an ORT profile of the gradient call with this prefix")
     args = parser.parse_args()
+    if args.model:
+        time_model(args)
+        return
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -137,6 +148,39 @@ def main() -> None:
     print(f"  gradient / forward           = {mid:.2f}x (rounds: {low:.2f}x to {high:.2f}x; target <= 2.5x)")
     low, mid, high = ratio_spread(torch_pairs)
     print(f"  torch fwd+bwd / ORT gradient = {mid:.2f}x (rounds: {low:.2f}x to {high:.2f}x; target >= 1.3x)")
+    if args.profile:
+        gradient.end_profiling()
+
+
+def time_model(args) -> None:
+    """Gradient call vs forward call of an ONNX file, side by side in one process."""
+    model = load_model(args.model)
+    grad_model = build_gradient_model(model, read_card(model, args.model))
+    forward, gradient = session(model, args.threads), session(grad_model, args.threads, args.profile)
+    image = next(i for i in grad_model.graph.input if i.name != "grad_seed")
+    seed_info = next(i for i in grad_model.graph.input if i.name == "grad_seed")
+
+    def dims(value_info, batch):
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+        return [shape[0] or batch, *shape[1:]]
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(dims(image, args.batch)).astype(np.float32)
+    seed = np.zeros(dims(seed_info, len(x)), np.float32)
+    seed.reshape(len(x), -1)[:, 0] = 1.0
+    feeds = {image.name: x}
+    for fn in (lambda: forward.run(None, feeds), lambda: gradient.run(["input_grad"], {**feeds, "grad_seed": seed})):
+        fn()
+        fn()
+    pairs = paired_times(lambda: forward.run(None, feeds),
+                        lambda: gradient.run(["input_grad"], {**feeds, "grad_seed": seed}), args.rounds, pause=0.0)
+    forward_ms, gradient_ms = (1000 * statistics.median(t) / len(x) for t in zip(*pairs))
+    low, mid, high = ratio_spread(pairs)
+    print(f"{Path(args.model).name}, input {list(x.shape)}, {args.threads} threads, {args.rounds} rounds of "
+          f"back-to-back pairs")
+    print(f"  {'ort forward':14s} {forward_ms:8.2f} ms/image")
+    print(f"  {'ort gradient':14s} {gradient_ms:8.2f} ms/image")
+    print(f"  gradient / forward           = {mid:.2f}x (rounds: {low:.2f}x to {high:.2f}x)")
     if args.profile:
         gradient.end_profiling()
 

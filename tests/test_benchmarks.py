@@ -30,3 +30,11 @@ def test_attribution_overhead_reports_a_share():
     out = run_script("attribution_overhead.py", "--model", str(ROOT / "exported_models" / "digits_cnn.onnx"),
                      "--images", "2", "--samples", "4", "--rounds", "1")
     assert re.search(r"overhead -?\d+\.\d%", out), out
+
+
+def test_gradient_speed_times_any_onnx_file():
+    out = run_script("gradient_speed.py", "--model", str(ROOT / "exported_models" / "digits_cnn.onnx"), "--batch",
+                     "2", "--rounds", "2")
+    for line in ("ort forward", "ort gradient"):
+        assert re.search(rf"{re.escape(line)}\s+\d+\.\d+ ms/image", out), out
+    assert re.search(r"gradient / forward\s+= \d+\.\d\dx \(rounds: \d+\.\d\dx to \d+\.\d\dx", out), out
