@@ -247,8 +247,58 @@ def _two_outputs(tmp_path):
     return save(two_output_model(), tmp_path / "models" / "two.onnx"), ["scores_a", "scores_b", "--output"]
 
 
+def _image_model(nodes, initializers=(), opset=17) -> onnx.ModelProto:
+    """A model of an image [N, 3, 4, 4] whose output is scores [N, 4]."""
+    graph = helper.make_graph(nodes, "refused", [helper.make_tensor_value_info("image", F, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("scores", F, ["N", 4])], list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def _head() -> list:
+    return [helper.make_node("ReduceSum", ["features", "spatial"], ["pooled"], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "weights"], ["scores"])]
+
+
+def _head_constants() -> list:
+    return [onnx.numpy_helper.from_array(np.array([2, 3], np.int64), "spatial"),
+            onnx.numpy_helper.from_array(np.ones((3, 4), np.float32), "weights")]
+
+
+def _data_dependent_if(tmp_path):
+    branch = {name: helper.make_graph([helper.make_node(op, ["image"], [f"{name}_out"])], name, [],
+                                      [helper.make_tensor_value_info(f"{name}_out", F, None)])
+              for name, op in (("then", "Relu"), ("else", "Neg"))}
+    nodes = [helper.make_node("ReduceSum", ["image"], ["total"], keepdims=0),
+             helper.make_node("Greater", ["total", "zero"], ["bright"]),
+             helper.make_node("If", ["bright"], ["features"], name="data_dependent_if",
+                              then_branch=branch["then"], else_branch=branch["else"]), *_head()]
+    model = _image_model(nodes, [onnx.numpy_helper.from_array(np.float32(0), "zero"), *_head_constants()])
+    return save(model, tmp_path / "models" / "if.onnx"), ["If", "data_dependent_if", "condition is computed"]
+
+
+def _quantised_path(tmp_path):
+    nodes = [helper.make_node("QuantizeLinear", ["image", "scale", "zero_point"], ["q"], name="quantise_input"),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zero_point"], ["features"]), *_head()]
+    model = _image_model(nodes, [onnx.numpy_helper.from_array(np.float32(0.1), "scale"),
+                                 onnx.numpy_helper.from_array(np.uint8(128), "zero_point"), *_head_constants()])
+    return save(model, tmp_path / "models" / "quantised.onnx"), ["QuantizeLinear", "quantise_input",
+                                                               "carries no gradient"]
+
+
+def _pads_from_the_image(tmp_path):
+    nodes = [helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0),
+             helper.make_node("Cast", ["peak"], ["peak_int"], to=TensorProto.INT64),
+             helper.make_node("Expand", ["peak_int", "eight"], ["pads"]),
+             helper.make_node("Pad", ["image", "pads"], ["features"], name="image_sized_pad"), *_head()]
+    model = _image_model(nodes, [onnx.numpy_helper.from_array(np.array([8], np.int64), "eight"),
+                                 *_head_constants()])
+    return save(model, tmp_path / "models" / "pad.onnx"), ["Pad", "image_sized_pad", "must be a constant"]
+
+
 BAD_MODELS = {"missing-file": _missing, "garbage-bytes": _garbage, "unsupported-op": _unsupported,
-              "two-float-outputs": _two_outputs}
+              "two-float-outputs": _two_outputs, "data-dependent-if": _data_dependent_if,
+              "quantised-path": _quantised_path, "pads-from-the-image": _pads_from_the_image}
+REFUSED_MODELS = ["unsupported-op", "data-dependent-if", "quantised-path", "pads-from-the-image"]
 
 
 @pytest.fixture
@@ -280,6 +330,27 @@ def test_check_bad_input(bad_model, tmp_path):
 def test_inspect_bad_input(bad_model):
     path, words = bad_model
     assert_user_error(invoke("inspect", path), *words)
+
+
+@pytest.mark.parametrize("bad_model", REFUSED_MODELS, indirect=True)
+def test_inspect_gives_the_refusal_that_gradgraph_gives(bad_model, tmp_path):
+    path, words = bad_model
+    report = json.loads(invoke("inspect", path, "--json").stdout)["gradient"]
+    assert report["supported"] is False
+    for word in words:
+        assert word in report["reason"], word
+    assert report["reason"] in invoke("gradgraph", path, "-o", tmp_path / "g.onnx").stderr
+
+
+@pytest.mark.parametrize("bad_model", REFUSED_MODELS[1:], indirect=True)
+def test_explain_refuses_before_writing(bad_model, tmp_path):
+    path, words = bad_model
+    np.save(tmp_path / "x.npy", np.ones((3, 4, 4), np.float32))
+    out = tmp_path / "z.npy"
+    result = invoke("explain", "--model", path, "--tensor", tmp_path / "x.npy", "--method", "ig", "--baseline",
+                    "zeros", "-o", out)
+    assert_user_error(result, *words)
+    assert not out.exists()
 
 
 
