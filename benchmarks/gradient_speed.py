@@ -34,7 +34,7 @@ from exporting import export_onnx  # noqa: E402
 from harness.gradients import add_input_gradient  # noqa: E402
 from harness.model_card import read_card  # noqa: E402
 from harness.onnx_io import load_model  # noqa: E402
-from harness.runtime import build_gradient_model  # noqa: E402
+from harness.runtime import build_gradient_model, inference_session  # noqa: E402
 
 
 def session(model: onnx.ModelProto, threads: int, profile: str | None = None,
@@ -46,7 +46,7 @@ def session(model: onnx.ModelProto, threads: int, profile: str | None = None,
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = profile
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return inference_session(model, options, ["CPUExecutionProvider"])
 
 
 def paired_times(first, second, rounds: int, pause: float) -> list[tuple[float, float]]:

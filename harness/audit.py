@@ -104,7 +104,7 @@ def _gradient_check(runtime, x, labels, seed) -> Check:
     from harness.gradcheck import check_gradient
 
     result = check_gradient(runtime, x[:4], classes=labels[:4], seed=seed)
-    verdict = "PASS" if result.passed else ("WARN" if result.flat else "FAIL")
+    verdict = {"pass": "PASS", "fail": "FAIL", "inconclusive": "WARN"}[result.verdict]
     detail = (f"relative L2 error {result.relative_error:.2e} of the gradient of {result.checked!r} against central "
               f"finite differences (tolerance {result.tolerance:.0e}), cosine {result.cosine:.6f}, at "
               f"{result.images} audit images x {result.directions} directions")

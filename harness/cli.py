@@ -531,7 +531,7 @@ def _print_check(name, result, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"model": str(name), **result.as_dict()}, indent=2))
         return
-    verdict = "PASS" if result.passed else ("INCONCLUSIVE" if result.flat else "FAIL")
+    verdict = result.verdict.upper()
     steps = ", ".join(f"{step:g}: {error:.1e}" for step, error in result.errors_by_step.items())
     click.echo(f"{verdict} {name}: gradient of {result.checked!r} vs finite differences on {result.images} inputs x "
                f"{result.directions} directions: relative L2 error {result.relative_error:.2e} (tolerance "

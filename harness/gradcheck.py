@@ -10,7 +10,10 @@ trustworthy on real networks, where a fixed step both drowns in rounding and cro
   the units a plain difference would have crossed (``kinks_crossed``).
 - **Steps that must converge**: each step h is paired with h/2 and extrapolated (Richardson,
   (4 D(h/2) - D(h)) / 3, error O(h^4)); the errors at every step are reported, and the best one is the
-  verdict. A wrong rule leaves an error that no step removes.
+  verdict. A wrong rule leaves an error that no step removes, the same at every step. Where the error still
+  falls at the largest step, float32 rounding of a large output dominates: the step grows while it keeps
+  falling. An error above the tolerance that changes from step to step as much as it persists is rounding or
+  curvature, not the gradient: the verdict is then "inconclusive", never a pass or a fail.
 - **Logits, not probabilities**: where the output is a Softmax of a tensor, the gradient of that tensor is
   checked (a saturated Softmax has float32 differences of exactly 0). The result names what was checked.
 
@@ -30,6 +33,9 @@ from harness.gradients.freeze import frozen_model
 
 DEFAULT_TOLERANCE = 1e-3
 DEFAULT_STEPS = (1e-1, 3e-2)
+GROWTH, LARGEST_STEP = 3.0, 1e3    # how the step grows while rounding limits the error, and how far
+RISING = 1.5                       # an error this far above the smallest one: curvature, stop growing
+CONSISTENT = 4.0                   # residuals this consistent between the two best steps: the gradient is wrong
 PASS_THROUGH = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
@@ -47,13 +53,24 @@ class GradientCheck:
     kinks_crossed: float       # of those, how many change state within the best step, per perturbed point
     note: str = ""
     flat: bool = False         # the output did not change along any direction: nothing could be compared
+    consistency: float = float("inf")   # how much the residuals at the two best steps share (see _consistency)
+
+    @property
+    def verdict(self) -> str:
+        """"pass"; "fail" when the error persists across steps; "inconclusive" when the output is flat or the
+        residual changes from step to step as much as it persists (rounding or curvature, not the gradient)."""
+        if self.flat:
+            return "inconclusive"
+        if self.relative_error <= self.tolerance:
+            return "pass"
+        return "fail" if self.consistency > CONSISTENT else "inconclusive"
 
     @property
     def passed(self) -> bool:
-        return bool(not self.flat and self.relative_error <= self.tolerance)
+        return self.verdict == "pass"
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "verdict": self.verdict, "passed": self.passed}
 
 
 def check_gradient(runtime, x: np.ndarray, classes: np.ndarray | None = None, directions: int = 4,
@@ -61,7 +78,11 @@ def check_gradient(runtime, x: np.ndarray, classes: np.ndarray | None = None, di
                    seed: int = DEFAULT_SEED) -> GradientCheck:
     """Compare ``runtime``'s input gradients with finite differences on the batch ``x`` ([N, C, H, W]).
 
-    ``classes`` defaults to each image's top-1 prediction. Directions are Gaussian, drawn from ``seed``.
+    ``classes`` defaults to each image's top-1 prediction. Directions are Gaussian, drawn from ``seed``. Where
+    the error is still falling at the largest step (float32 rounding of a large output dominates), the step
+    grows threefold until the error is within the tolerance or rises again, up to ``LARGEST_STEP``: a frozen
+    ReLU network is affine along each line, so a large step is exact for it, while curvature (sigmoids,
+    softmax, LRN) makes the error rise at large steps, and a wrong gradient meets a floor that no step lowers.
     """
     if directions < 1 or not relative_steps:
         raise HarnessError("the gradient check needs at least one direction and one step")
@@ -77,27 +98,52 @@ def check_gradient(runtime, x: np.ndarray, classes: np.ndarray | None = None, di
     scale = np.sqrt(np.mean(np.square(x.reshape(n, -1), dtype=np.float64), axis=1)).clip(min=1e-3)
     frozen, units = frozen_model(checked.prepared, checked.signature.output_name)
     session = checked.session_for(frozen)
-    errors, best, flat = {}, None, True
-    for step in relative_steps:
+    trials: dict[float, tuple] = {}
+
+    def trial(step: float) -> tuple:
         coarse, crossed = _differences(checked, session, x, v, classes, step * scale)
         fine, _ = _differences(checked, session, x, v, classes, step * scale / 2)
-        flat = flat and not coarse.any() and not fine.any()
-        extrapolated = (4 * fine - coarse) / 3
-        error = _relative_error(analytic, extrapolated)
-        errors[float(step)] = error
-        if best is None or error < best[0]:
-            best = (error, _cosine(analytic, extrapolated), float(step), crossed)
-    error, cosine, step, crossed = best
+        residual = (4 * fine - coarse) / 3 - analytic
+        trials[float(step)] = (_relative_error(analytic, analytic + residual),
+                               _cosine(analytic, analytic + residual), crossed, residual,
+                               not coarse.any() and not fine.any())
+        return trials[float(step)]
+
+    for step in sorted(relative_steps):
+        trial(step)
+    while max(trials) * GROWTH <= LARGEST_STEP:   # grow the step while rounding of a large output dominates,
+        moved = [trials[s][0] for s in sorted(trials) if not trials[s][4]]    # until the error is within the
+        if moved and (moved[-1] <= tolerance or moved[-1] > RISING * min(moved)):   # tolerance or rises again
+            break                                                             # (curvature at large steps)
+        trial(max(trials) * GROWTH)
+    informative = [s for s in trials if not trials[s][4]] or list(trials)   # steps where the output moved
+    ranked = sorted(informative, key=lambda s: trials[s][0])
+    step = ranked[0]
+    error, cosine, crossed, residual, _ = trials[step]
+    consistency = _consistency(residual, trials[ranked[1]][3]) if len(ranked) > 1 else np.inf
+    flat = all(t[4] for t in trials.values())
     if flat:
         note = ("inconclusive: the output does not change along any direction at any step, so there is nothing to "
                 "compare; check at inputs the model responds to (the model card's preprocessing, real images)")
-    return GradientCheck(error, cosine, n, directions, step, tolerance, checked.signature.output_name, errors,
-                         units, crossed, note, flat)
+    elif error > tolerance and consistency <= CONSISTENT:
+        note = ("inconclusive: the difference to the gradient changes from step to step as much as it persists "
+                f"(consistency {consistency:.1f}): float32 rounding or curvature of the output, not the gradient, "
+                "limits the comparison")
+    return GradientCheck(error, cosine, n, directions, step, tolerance, checked.signature.output_name,
+                         {s: trials[s][0] for s in sorted(trials, reverse=True)}, units, crossed, note, flat,
+                         float(consistency))
+
+
+def _consistency(first: np.ndarray, second: np.ndarray) -> float:
+    """||r1 + r2|| / ||r1 - r2|| for the residuals (finite differences minus the gradient) at two steps: large
+    when they share one error, as a wrong gradient makes them; near 1 when each step has its own (rounding)."""
+    spread = np.linalg.norm(first - second)
+    return float(np.linalg.norm(first + second) / spread) if spread > 0 else np.inf
 
 
 def _logit_runtime(runtime):
     """The runtime to check: ``runtime`` itself, or one for the input of its Softmax head."""
-    source = runtime.prepared.model
+    source = runtime.source
     producers = {o: node for node in source.graph.node for o in node.output}
     name = runtime.signature.output_name
     node = producers.get(name)

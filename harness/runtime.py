@@ -68,6 +68,20 @@ def choose_providers(requested: str | None = None) -> list[str]:
     return [CUDA, CPU] if cuda_ok and requested != "cpu" else [CPU]
 
 
+# ONNX Runtime optimisations that change what a model computes. "Pad_Fusion" merges a constant-0 Pad into a
+# following MaxPool's own padding, which pads with -inf (seen in onnxruntime 1.31.1 on tf2onnx's ZeroPadding2D
+# before MaxPooling2D: probabilities 18% off).
+UNSOUND_OPTIMIZERS = ("Pad_Fusion",)
+
+
+def inference_session(model: onnx.ModelProto, options, providers: list[str]):
+    """An ONNX Runtime session for ``model`` with the optimisations in UNSOUND_OPTIMIZERS turned off."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), options, providers=providers,
+                                disabled_optimizers=list(UNSOUND_OPTIMIZERS))
+
+
 @dataclass(frozen=True)
 class ModelSignature:
     input_name: str
@@ -165,16 +179,15 @@ class GradientRuntime:
             options.inter_op_num_threads = 1
         providers = choose_providers(provider)
         self._session_options, self._providers = options, providers
-        self.session = ort.InferenceSession(grad_model.SerializeToString(), options, providers=providers)
+        self.session = inference_session(grad_model, options, providers)
         self.provider = self.session.get_providers()[0]
         self.signature = self._signature(grad_model)
         # ONNX Runtime runs every node of a graph whatever outputs are asked for, so forward passes get a
         # session of their own on the source model (measured: the gradient graph's logits alone cost a
         # full gradient call).
         self.exposed = tuple(dict.fromkeys(exposed))
-        self.forward_session = ort.InferenceSession(
-            forward_model(source, [self.signature.output_name, *self.exposed]).SerializeToString(), options,
-            providers=providers)
+        self.forward_session = inference_session(forward_model(source, [self.signature.output_name, *self.exposed]),
+                                                 options, providers)
         if self.provider not in _announced:
             log.info("onnxruntime %s: running on %s", ort.__version__, self.provider)
             _announced.add(self.provider)
@@ -204,9 +217,7 @@ class GradientRuntime:
 
     def session_for(self, model: onnx.ModelProto):
         """An ONNX Runtime session for a model derived from this one, with this runtime's options."""
-        import onnxruntime as ort
-
-        return ort.InferenceSession(model.SerializeToString(), self._session_options, providers=self._providers)
+        return inference_session(model, self._session_options, self._providers)
 
     # -- building -------------------------------------------------------------------------------------
     @staticmethod

@@ -79,7 +79,7 @@ def test_a_saturated_softmax_head_is_checked_in_logit_space():
 def test_an_output_that_does_not_move_is_inconclusive_not_a_pass():
     runtime = GradientRuntime(saturated_softmax_model(), use_cache=False).with_output("logits")
     result = check_gradient(runtime, np.zeros((2, 3, 8, 8), np.float32))   # every ReLU at its kink, held off
-    assert result.flat and not result.passed and "inconclusive" in result.note
+    assert result.flat and result.verdict == "inconclusive" and not result.passed and "inconclusive" in result.note
     assert check_gradient(runtime, np.full((2, 3, 8, 8), -50.0, np.float32)).passed   # steps scale with the input
 
 
@@ -151,5 +151,37 @@ def test_a_subtly_wrong_rule_fails_at_every_step(defect, monkeypatch):
     runtime = GradientRuntime(tf_same_padding_model(), use_cache=False)
     x = np.random.default_rng(2).standard_normal((3, 3, 12, 12)).astype(np.float32)
     result = check_gradient(runtime, x)
-    assert not result.passed, result
+    assert result.verdict == "fail", result
     assert min(result.errors_by_step.values()) > DEFAULT_TOLERANCE    # no step removes the error
+    assert result.consistency > 10                                     # the same error at every step
+
+
+def offset_logits_model(offset: float) -> onnx.ModelProto:
+    """The TF-padding model with a huge constant added to its logits: float32 cannot resolve small changes."""
+    model = tf_same_padding_model()
+    logits = model.graph.node[-1]
+    logits.output[0] = "raw"
+    model.graph.node.append(helper.make_node("Add", ["raw", "offset"], ["logits"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.full(4, offset, np.float32), "offset"))
+    return model
+
+
+def test_rounding_that_hides_the_gradient_is_inconclusive_not_a_failure():
+    runtime = GradientRuntime(offset_logits_model(1e9), use_cache=False)
+    x = np.random.default_rng(2).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    result = check_gradient(runtime, x)
+    assert result.verdict == "inconclusive", result
+    assert result.relative_error > DEFAULT_TOLERANCE and max(result.errors_by_step) > 10   # the step grew
+    assert "rounding" in result.note
+
+
+def test_a_wrong_rule_still_fails_under_rounding_noise(monkeypatch):
+    def scaled_gemm(ctx):
+        correct_gemm(ctx)
+        for i, grad in list(ctx.input_grads.items()):
+            ctx.input_grads[i] = ctx.op("Mul", grad, ctx.scalar(1.5, grad))
+
+    monkeypatch.setitem(VJP_RULES, "Gemm", scaled_gemm)
+    runtime = GradientRuntime(offset_logits_model(1e9), use_cache=False)
+    x = np.random.default_rng(2).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    assert check_gradient(runtime, x).verdict == "fail"

@@ -54,7 +54,7 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     model, image, infos = prepared.model, prepared.image, prepared.infos
     graph = model.graph
     opset = default_opset(model)
-    target = _target_output(graph, infos, output)
+    target, target_note = _target_output(graph, infos, output)
     if infos[target].dims is None:
         raise ModelSignatureError(f"the shape of output {target!r} is unknown, so grad_seed cannot be declared")
     taps = list(dict.fromkeys(taps))
@@ -95,7 +95,8 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     # prove that a gradient and its activation match, e.g. to keep both in a blocked memory layout.
     graph.value_info.extend(_value_info(grad, infos[forward]) for grad, forward in backward.shaped_like.items()
                             if forward in infos and infos[forward].dims is not None)
-    _record(model, {TARGET_KEY: target, INPUT_KEY: image, NOTES_KEY: json.dumps(list(prepared.notes))})
+    notes = [*prepared.notes, *([target_note] if target_note else [])]
+    _record(model, {TARGET_KEY: target, INPUT_KEY: image, NOTES_KEY: json.dumps(notes)})
     onnx.checker.check_model(model)
     return model
 
@@ -169,20 +170,28 @@ class _Backward:
         return node.output[index]
 
 
-def _target_output(graph: onnx.GraphProto, infos: dict[str, TensorInfo], requested: str | None) -> str:
+def _target_output(graph: onnx.GraphProto, infos: dict[str, TensorInfo], requested: str | None) -> tuple[str, str]:
+    """The tensor to differentiate, and a note when it is not simply the model's one float output."""
     outputs = [o.name for o in graph.output]
     if requested is not None:
         if requested not in infos:
             raise ModelSignatureError(f"output {requested!r} is not a tensor of the model; outputs: {outputs}")
         if not infos[requested].is_float:
             raise ModelSignatureError(f"output {requested!r} is not a float tensor")
-        return requested
+        return requested, ""
     float_outputs = [o for o in outputs if o in infos and infos[o].is_float]
     if len(float_outputs) == 1:
-        return float_outputs[0]
-    if not float_outputs:
-        raise ModelSignatureError(f"the model has no float output; outputs: {outputs}")
-    raise ModelSignatureError(f"the model has several candidate outputs {float_outputs}; choose one with --output")
+        return float_outputs[0], ""
+    if float_outputs:
+        raise ModelSignatureError(f"the model has several candidate outputs {float_outputs}; choose one with "
+                                  "--output")
+    # scikit-learn's classifiers end in a ZipMap, whose output is a sequence of maps, not a tensor: its input is
+    # the probability tensor, the only classifier output there is.
+    wrapped = [n.input[0] for n in graph.node if n.op_type == "ZipMap" and n.output[0] in outputs]
+    if len(wrapped) == 1 and wrapped[0] in infos and infos[wrapped[0]].is_float:
+        return wrapped[0], f"differentiating {wrapped[0]!r}, the probabilities under the ZipMap output (not a tensor)"
+    raise ModelSignatureError(f"the model has no float tensor output; outputs: {outputs}; name the tensor to "
+                              "differentiate with --output")
 
 
 # -- activity analysis ------------------------------------------------------------------------------------

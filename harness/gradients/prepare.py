@@ -40,6 +40,7 @@ MIN_IR_VERSION = 8            # the IR of opset 17; every onnxruntime we support
 BATCH_SYMBOL = "N"            # the batch dim's name where the model gives it none
 PROBE_BATCHES = (2, 3)        # not 1: a Squeeze without axes would drop a batch dim of 1
 MAX_FOLD_ROUNDS = 8
+LARGE_INITIALIZER = 4096      # elements: larger initializers are not copied for shape inference
 
 
 @dataclass(frozen=True)
@@ -189,10 +190,25 @@ def inferred_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
 
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model's graph after shape inference. Large initializers are declared as inputs of their type and
+    shape instead of being copied: inference reads only their shapes (its data propagation reads small
+    integer tensors), and a VGG's weights would otherwise be serialised for nothing."""
+    graph = model.graph
+    small = [t for t in graph.initializer if _elements(t) <= LARGE_INITIALIZER]
+    declared = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer
+                if _elements(t) > LARGE_INITIALIZER]
+    light = helper.make_model(helper.make_graph(graph.node, graph.name, [*graph.input, *declared], graph.output,
+                                                small, value_info=graph.value_info),
+                              opset_imports=model.opset_import, ir_version=model.ir_version)
+    light.functions.extend(model.functions)
     try:
-        return shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        return shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception:  # shape inference is a best effort: the probe measures what it leaves open
-        return model
+        return light
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    return int(np.prod(tensor.dims)) if tensor.dims else 1
 
 
 def _infos(inferred: onnx.ModelProto) -> dict[str, TensorInfo]:
