@@ -467,3 +467,18 @@ def test_inputs_with_initializers_are_constants():
     runtime = GradientRuntime(model, use_cache=False)
     _, grads = runtime.gradients(np.ones((1, 4), np.float32), np.ones((1, 4), np.float32))
     np.testing.assert_array_equal(grads, [[1, 2, 3, 4]])
+
+
+def test_a_zero_pad_before_a_max_pool_keeps_its_zeros():
+    """ONNX Runtime's Pad_Fusion merges a constant-0 Pad into the next MaxPool's padding, which pads with -inf
+    (onnxruntime 1.31; tf2onnx writes ZeroPadding2D before MaxPooling2D that way): the runtime turns it off."""
+    pads = onnx.numpy_helper.from_array(np.array([0, 0, 0, 1, 0, 0, 1, 0], np.int64), "pads")
+    model = _model([onnx.helper.make_node("Pad", ["x", "pads"], ["padded"]),
+                    onnx.helper.make_node("MaxPool", ["padded"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
+                    onnx.helper.make_node("Flatten", ["pooled"], ["y"])],
+                   [_info("x", ["N", 1, 3, 3])], [_info("y", ["N", 4])], [pads])
+    runtime = GradientRuntime(model, use_cache=False)
+    x = -np.ones((1, 1, 3, 3), np.float32)
+    np.testing.assert_array_equal(runtime.forward(x), [[0, -1, 0, 0]])
+    _, grads = runtime.class_gradients(x, [1])
+    assert grads.sum() == 1
