@@ -34,6 +34,7 @@ from harness.gradients.freeze import frozen_model
 DEFAULT_TOLERANCE = 1e-3
 DEFAULT_STEPS = (1e-1, 3e-2)
 GROWTH, LARGEST_STEP = 3.0, 1e3    # how the step grows while rounding limits the error, and how far
+FLAT_STEP = 10.0                   # an output still flat at this step does not respond to its input
 RISING = 1.5                       # an error this far above the smallest one: curvature, stop growing
 CONSISTENT = 4.0                   # residuals this consistent between the two best steps: the gradient is wrong
 PASS_THROUGH = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -114,7 +115,9 @@ def check_gradient(runtime, x: np.ndarray, classes: np.ndarray | None = None, di
     while max(trials) * GROWTH <= LARGEST_STEP:   # grow the step while rounding of a large output dominates,
         moved = [trials[s][0] for s in sorted(trials) if not trials[s][4]]    # until the error is within the
         if moved and (moved[-1] <= tolerance or moved[-1] > RISING * min(moved)):   # tolerance or rises again
-            break                                                             # (curvature at large steps)
+            break                                                             # (curvature at large steps), or
+        if not moved and max(trials) >= FLAT_STEP:                            # the output stays flat even at
+            break                                                             # steps beyond the input's size
         trial(max(trials) * GROWTH)
     informative = [s for s in trials if not trials[s][4]] or list(trials)   # steps where the output moved
     ranked = sorted(informative, key=lambda s: trials[s][0])
