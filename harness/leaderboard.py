@@ -130,6 +130,8 @@ class ModelUnderTest:
         if source is None:
             raise HarnessError(f"{self.name}: its card names no dataset; give --dataset")
         self.card.require("preprocessing", why=f"to feed {self.name} its images")
+        if self.card.labels is None:
+            log.info("%s: the model card names no labels; its classes are named by their indices", self.name)
         self.data = load_dataset(source, self.card, n=config.images, seed=config.seed)
         self.x = self.card.to_model(self.data.images)
         if expose_embedding and not self.card.embedding:

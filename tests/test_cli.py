@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from onnx import TensorProto, helper
 
 from harness.cli import main
@@ -448,3 +449,29 @@ def test_explain_rejects_bad_input_without_writing(tmp_path, problem, args, mess
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+# -- a model without a card ---------------------------------------------------------------------------------
+def test_explain_asks_only_for_the_facts_the_command_needs(tmp_path):
+    """A Keras model (NHWC) with no card at all: the graph states its input, layout and size; IG from a zeros
+    baseline on a tensor needs nothing more, while reading an image or a black baseline needs preprocessing."""
+    fixture = Path(__file__).resolve().parent / "fixtures" / "foreign" / "keras_inception_o15.onnx"
+    model = shutil.copy(fixture, tmp_path / "bare.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((3, 32, 48), dtype=np.float32))
+    out = tmp_path / "ig.npy"
+    result = invoke("explain", "--model", model, "--tensor", tmp_path / "x.npy", "--label", 3, "--method", "ig",
+                    "--baseline", "zeros", "--steps", 8, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert np.load(out).shape == (3, 32, 48)
+    for args, words in (((), ["black baseline", "--pixel-range"]),
+                        (("--method", "suppression"), ["suppression", "--pixel-range"])):
+        refused = invoke("explain", "--model", model, "--tensor", tmp_path / "x.npy", *(args or ("--method", "ig")),
+                         "-o", tmp_path / "z.npy")
+        assert_user_error(refused, *words)
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "black.png")
+    assert_user_error(invoke("explain", "--model", model, "--image", tmp_path / "black.png", "-o", tmp_path / "z.npy"),
+                      "lacks the preprocessing", "needed to read --image")
+    assert not (tmp_path / "z.npy").exists()
+    given = invoke("explain", "--model", model, "--image", tmp_path / "black.png", "--pixel-range", 0, 1,
+                   "--method", "vanilla", "-o", tmp_path / "z.npy")
+    assert given.exit_code == 0, given.output
