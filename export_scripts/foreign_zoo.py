@@ -29,8 +29,9 @@ and the digits):
     onnx-backend  torch (the float64 interpretation of the graphs, see onnx_float64.py) and this project's
                   harness package (its prepare(), for the piece gradients)
 
-The frameworks do not share one environment well, so ``all`` runs each part in a subprocess and takes
-an interpreter per part (default: the one running this script). Regenerate everything with
+The project's optional extras ``zoo-keras``, ``zoo-jax`` and ``zoo-paddle`` install these (e.g.
+``pip install -e ".[zoo-jax]"``). The frameworks do not share one environment well, so ``all`` runs each part in
+a subprocess and takes an interpreter per part (default: the one running this script). Regenerate everything with
 
     python export_scripts/foreign_zoo.py all --out tests/fixtures/foreign
 

@@ -49,10 +49,10 @@ def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_
     checks: list[Check] = []
     try:
         card = read_card(proto, model_path=model_path, sidecar=card_file, overrides=card_facts or {})
-        card.require("input_name", "layout", "preprocessing", why="to audit the model on images")
+        card.require("preprocessing", why="to audit the model on images")
         preprocessing = card.preprocessing
         checks.append(Check("model card", "PASS",
-                            f"{card.layout} {list(card.input_size)}, "
+                            f"{card.layout or 'NCHW'} {list(card.input_size)}, "
                             f"{'class indices' if card.labels is None else f'{card.num_classes} labels'}, "
                             f"pixel range {list(preprocessing.pixel_range)}, mean {list(preprocessing.mean)}, std "
                             f"{list(preprocessing.std)}, {preprocessing.channel_order}"))

@@ -23,6 +23,7 @@ from harness.errors import HarnessError
 from harness.gradcheck import DEFAULT_TOLERANCE
 
 BAD_INPUT_EXIT = 2
+CHECK_EXIT = {"pass": 0, "fail": 1, "inconclusive": 3}   # harness check: bad input exits 2 like everywhere
 BUNDLED_DEFAULT = Path(__file__).resolve().parent.parent / "exported_models" / "digits_cnn.onnx"
 
 
@@ -131,7 +132,7 @@ def gradgraph(model, out, output, input_alias, taps, **card_facts):
     """Write MODEL with an input-gradient graph added (inputs: image, grad_seed; outputs: logits, input_grad)."""
     from harness.gradients.builder import preparation_notes
     from harness.onnx_io import load_model, write_atomically
-    from harness.runtime import build_gradient_model
+    from harness.feeding import build_gradient_model
 
     proto = load_model(model)
     card = _read_card(proto, model, input_alias=input_alias, **card_facts)
@@ -154,9 +155,9 @@ def inspect(model, output, as_json, **card_facts):
     """Print MODEL's inputs, outputs, opsets, op histogram, its model card, and whether the gradient pass takes
     it (the same preparation and checks as gradgraph: what it would change, or why it refuses)."""
     from harness.gradients.builder import preparation_notes
-    from harness.model_card import ModelCard, ModelCardError
+    from harness.model_card import ModelCardError
     from harness.onnx_io import load_model
-    from harness.runtime import build_gradient_model
+    from harness.feeding import build_gradient_model
 
     proto = load_model(model)
     initializers = {t.name for t in proto.graph.initializer}
@@ -175,14 +176,17 @@ def inspect(model, output, as_json, **card_facts):
         card = _read_card(proto, model, **card_facts)
         report["model_card"] = _card_report(card)
     except ModelCardError as error:
-        card = ModelCard()
+        card = None
         report["model_card"] = None
         report["model_card_problem"] = str(error)
-    try:
-        grad_model = build_gradient_model(proto, card, output=output)
-        report["gradient"] = {"supported": True, "notes": preparation_notes(grad_model)}
-    except HarnessError as error:
-        report["gradient"] = {"supported": False, "reason": str(error)}
+    if card is None:    # gradgraph would refuse the same card: no verdict on the gradient either
+        report["gradient"] = {"supported": None, "reason": "not judged: the model card is inconsistent"}
+    else:
+        try:
+            grad_model = build_gradient_model(proto, card, output=output)
+            report["gradient"] = {"supported": True, "notes": preparation_notes(grad_model)}
+        except HarnessError as error:
+            report["gradient"] = {"supported": False, "reason": str(error)}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -203,7 +207,9 @@ def _print_inspection(report: dict) -> None:
             click.echo(f"  {kind[:-1]:6} {entry['name']}: {entry['type']} {entry['shape']}")
     click.echo("  ops    " + ", ".join(f"{op}:{count}" for op, count in report["op_histogram"].items()))
     gradient = report["gradient"]
-    if gradient["supported"]:
+    if gradient["supported"] is None:
+        click.echo(f"  gradient: {gradient['reason']}")
+    elif gradient["supported"]:
         click.echo("  gradient: supported" + ("" if gradient["notes"] else " as it is"))
         for note in gradient["notes"]:
             click.echo(f"    prepared: {note}")
@@ -241,14 +247,15 @@ def _print_inspection(report: dict) -> None:
 @card_options
 @user_errors
 def check(model, images, directions, tolerance, output, input_alias, seed, as_json, **card_facts):
-    """Check MODEL's gradient graph against finite differences on random inputs; exit 1 when it fails."""
+    """Check MODEL's gradient graph against finite differences on random inputs; exit 0 on a pass, 1 on a
+    failure, 3 when the comparison is inconclusive."""
     from harness.onnx_io import load_model
 
     proto = load_model(model)
     card = _read_card(proto, model, input_alias=input_alias, **card_facts)
     result = _gradient_check(proto, card, images, directions, tolerance, output, seed)
     _print_check(model, result, as_json)
-    sys.exit(0 if result.passed else 1)
+    sys.exit(CHECK_EXIT[result.verdict])
 
 
 METHOD_HELP = ("vanilla, smoothgrad, ig, guided-ig, suppression, blur-ig, expected-gradients, grad-cam, or "
@@ -512,7 +519,8 @@ def _gradient_check(proto, card, images: int, directions: int, tolerance: float,
     import numpy as np
 
     from harness.gradcheck import check_gradient
-    from harness.runtime import GradientRuntime, ImageAdapter
+    from harness.feeding import ImageAdapter
+    from harness.runtime import GradientRuntime
 
     runtime = GradientRuntime.from_card(proto, card, output=output)
     rng = np.random.default_rng(seed)

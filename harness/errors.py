@@ -1,6 +1,12 @@
 """User-facing errors: the CLI prints their message and exits with code 2, never a traceback."""
 
 
+def first_line(error: Exception, limit: int = 300) -> str:
+    """The first line of an exception's message (a library's long report cut to what a user needs)."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
+
+
 class HarnessError(Exception):
     """Base class of every error caused by the user's input (models, images, options)."""
 

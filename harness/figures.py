@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data import Preprocessing
+from harness.model_card import ModelCard
 from harness.visual import heatmap_rgb, image_rgb
 
 FIGURES_DIR = "figures"
@@ -32,12 +32,11 @@ def save_figure(figure, path: Path) -> Path:
     return path
 
 
-def _model_input(pixels: np.ndarray, card: dict) -> np.ndarray:
-    """An image's model input, from the card facts a results store keeps."""
-    channels = len(pixels)
-    return Preprocessing(tuple(card.get("mean") or [0.0] * channels), tuple(card.get("std") or [1.0] * channels),
-                         tuple(card.get("pixel_range") or (0.0, 1.0)), card.get("channel_order") or "RGB"
-                         ).to_model(pixels[None])[0]
+def _model_input(pixels: np.ndarray, facts: dict) -> np.ndarray:
+    """An image's model input, from the card facts a results store keeps (pixels as they are where the card
+    states no preprocessing)."""
+    card = ModelCard(**{k: tuple(v) if isinstance(v, list) else v for k, v in facts.items()})
+    return card.to_model(pixels[None])[0] if card.states_preprocessing else pixels
 
 
 def gallery(store, run_dir: Path) -> dict[str, str]:

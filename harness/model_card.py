@@ -34,6 +34,8 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 INPUT_FACTS = ("input_name", "layout", "input_size")
 SIDECAR_SUFFIX = ".card.json"
 IMAGE_CHANNELS = (1, 3)
+OPTIONS = {"input_name": "--input-name", "layout": "--layout NCHW|NHWC", "input_size": "--input-size C H W",
+           "preprocessing": "--mean/--std or --pixel-range", "labels": "--labels FILE"}  # where a user gives each
 
 
 class ModelCardError(HarnessError):
@@ -95,19 +97,19 @@ class ModelCard:
     def require(self, *facts: str, why: str) -> None:
         """Raise ModelCardError naming every fact in ``facts`` the card lacks ("preprocessing" stands for
         mean/std or pixel_range), and how to give it."""
-        missing = []
+        missing = {}
         for fact in facts:
             if fact == "preprocessing":
                 if self.input_size is None:
-                    missing.append("input_size")
+                    missing["input_size"] = OPTIONS["input_size"]
                 if not self.states_preprocessing:
-                    missing.append("the preprocessing (mean and std, or pixel_range)")
+                    missing["the preprocessing (mean and std, or pixel_range)"] = OPTIONS["preprocessing"]
             elif getattr(self, fact) is None:
-                missing.append(fact)
+                missing[fact] = OPTIONS[fact]
         if missing:
-            raise ModelCardError(f"the model card lacks {', '.join(dict.fromkeys(missing))}, needed {why}: give "
-                                 "them on the command line (--mean/--std, --pixel-range, --input-size, ...) or in "
-                                 f"a JSON sidecar MODEL{SIDECAR_SUFFIX}")
+            raise ModelCardError(f"the model card lacks {', '.join(missing)}, needed {why}: give "
+                                 f"{'; '.join(missing.values())} on the command line, or the same facts in a JSON "
+                                 f"sidecar MODEL{SIDECAR_SUFFIX}")
 
     def to_metadata(self) -> dict[str, str]:
         facts = {k: v for k, v in asdict(self).items() if k not in ("extras", "sources") and v is not None}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from harness.errors import ModelLoadError
+from harness.errors import ModelLoadError, first_line
 
 MAX_IR_VERSION = 10  # the newest IR that every supported onnxruntime release accepts
 
@@ -24,13 +24,13 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
     except Exception as error:  # protobuf raises several types for corrupt input
-        raise ModelLoadError(f"{path} is not a readable ONNX model ({_short(error)})") from None
+        raise ModelLoadError(f"{path} is not a readable ONNX model ({first_line(error)})") from None
     if not model.graph.node:
         raise ModelLoadError(f"{path} is not an ONNX model with a graph (no nodes found)")
     try:
         onnx.checker.check_model(model)
     except Exception as error:
-        raise ModelLoadError(f"{path} is not a valid ONNX model: {_short(error)}") from None
+        raise ModelLoadError(f"{path} is not a valid ONNX model: {first_line(error)}") from None
     return model
 
 
@@ -39,9 +39,10 @@ def content_hash(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
-def _short(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
+def runnable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (changed in place) with an IR version every supported onnxruntime reads."""
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    return model
 
 
 def write_atomically(path: str | Path, data: bytes) -> None:

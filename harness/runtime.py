@@ -19,15 +19,16 @@ from typing import Iterable
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from harness import __version__
 from harness.errors import HarnessError
+from harness.feeding import ImageAdapter, feeding_layout
 from harness.gradients import GRAD_SEED, INPUT_GRAD, add_input_gradient
-from harness.gradients.builder import INPUT_KEY, TARGET_KEY
+from harness.gradients.builder import INPUT_KEY, TARGET_KEY, tensor_value_info
 from harness.gradients.freeze import CHANGES, REFERENCE_SUFFIX
 from harness.gradients.prepare import PreparedModel, prepare
-from harness.gradients.graph import declared_dims, image_inputs
-from harness.onnx_io import MAX_IR_VERSION, content_hash, load_model, write_atomically
+from harness.onnx_io import content_hash, load_model, runnable, write_atomically
 
 log = logging.getLogger("harness")
 
@@ -41,6 +42,16 @@ def cache_dir() -> Path:
     root = os.environ.get("HARNESS_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "harness")
     return Path(root) / "gradient-models"
+
+
+@functools.lru_cache(maxsize=1)
+def pass_fingerprint() -> str:
+    """What a cached gradient model depends on besides its model and request: the harness version, the
+    gradient pass's own source code, and the onnx and onnxruntime versions (conversion, inference, folding)."""
+    digest = hashlib.sha256("\0".join([__version__, onnx.__version__, ort.__version__]).encode())
+    for path in sorted(Path(__file__).resolve().parent.joinpath("gradients").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def cuda_driver_present() -> bool:
@@ -57,8 +68,6 @@ _announced: set[str] = set()
 def choose_providers(requested: str | None = None) -> list[str]:
     """CUDA when its provider and a driver are present, else CPU; ``requested`` ("cpu"/"cuda") or
     $HARNESS_PROVIDER overrides the choice."""
-    import onnxruntime as ort
-
     requested = (requested or os.environ.get("HARNESS_PROVIDER") or "auto").lower()
     if requested not in ("auto", "cpu", "cuda"):
         raise HarnessError(f"unknown provider {requested!r}; choose auto, cpu or cuda")
@@ -68,18 +77,22 @@ def choose_providers(requested: str | None = None) -> list[str]:
     return [CUDA, CPU] if cuda_ok and requested != "cpu" else [CPU]
 
 
-# ONNX Runtime optimisations that change what a model computes. "Pad_Fusion" merges a constant-0 Pad into a
-# following MaxPool's own padding, which pads with -inf (seen in onnxruntime 1.31.1 on tf2onnx's ZeroPadding2D
-# before MaxPooling2D: probabilities 18% off).
-UNSOUND_OPTIMIZERS = ("Pad_Fusion",)
+def unsound_optimizers(model: onnx.ModelProto) -> list[str]:
+    """ONNX Runtime optimisations that would change what ``model`` computes. onnxruntime 1.31's "Pad_Fusion"
+    merges a Pad into a following MaxPool's own padding, which pads with -inf instead of the Pad's zeros
+    (tf2onnx writes Keras' ZeroPadding2D before MaxPooling2D that way: probabilities 18% off). It is turned off
+    only for models with that pattern: elsewhere (Pad into Conv, AveragePool) it is sound and saves up to a
+    fifth of a forward call (measured on Keras' MobileNetV2)."""
+    pads = {node.output[0] for node in model.graph.node if node.op_type == "Pad"}
+    if any(node.op_type == "MaxPool" and node.input[0] in pads for node in model.graph.node):
+        return ["Pad_Fusion"]
+    return []
 
 
 def inference_session(model: onnx.ModelProto, options, providers: list[str]):
-    """An ONNX Runtime session for ``model`` with the optimisations in UNSOUND_OPTIMIZERS turned off."""
-    import onnxruntime as ort
-
+    """An ONNX Runtime session for ``model`` without the optimisations that would change what it computes."""
     return ort.InferenceSession(model.SerializeToString(), options, providers=providers,
-                                disabled_optimizers=list(UNSOUND_OPTIMIZERS))
+                                disabled_optimizers=unsound_optimizers(model))
 
 
 @dataclass(frozen=True)
@@ -90,57 +103,6 @@ class ModelSignature:
     num_classes: int | None
     taps: tuple = ()
     class_shape: tuple = ()     # the output's dims after the batch: (K,), or e.g. (K, 1, 1)
-
-
-@dataclass(frozen=True)
-class ImageAdapter:
-    """Between the harness's images [N, C, H, W] and the model's input: as they are (NCHW), transposed
-    (NHWC), or flattened to [N, C·H·W] in the layout's order (``flat_size`` is then (C, H, W))."""
-
-    layout: str = "NCHW"
-    flat_size: tuple | None = None
-
-    @classmethod
-    def for_input(cls, model: onnx.ModelProto, input_name: str | None, layout: str, image_size) -> "ImageAdapter":
-        if layout not in ("NCHW", "NHWC"):
-            raise HarnessError(f"layout must be NCHW or NHWC, not {layout!r}")
-        name = input_name or next(iter(image_inputs(model)), None)
-        dims = declared_dims(model, name) if name else None
-        if dims is not None and len(dims) == 2 and image_size is not None:
-            return cls(layout, tuple(int(d) for d in image_size))
-        if dims is not None and len(dims) != 4 and image_size is not None:
-            raise HarnessError(f"input {name!r} has shape {['N' if d is None else d for d in dims]}; the harness "
-                               "feeds images as [N, C, H, W], [N, H, W, C] or flattened [N, C·H·W]")
-        return cls(layout)   # 4-D images, or tensors fed as they are where no image size is known
-
-    def model_shape(self, image_size) -> tuple | None:
-        """The input's non-batch dims for images of ``image_size`` (C, H, W), in the model's layout."""
-        if image_size is None:
-            return None
-        channels, height, width = (int(d) for d in image_size)
-        if self.flat_size is not None:
-            return (channels * height * width,)
-        return (channels, height, width) if self.layout == "NCHW" else (height, width, channels)
-
-    def to_model(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if self.layout == "NCHW" and self.flat_size is None:
-            return x
-        if x.ndim != 4:
-            raise HarnessError(f"images must be [N, C, H, W], got shape {list(x.shape)}")
-        if self.layout == "NHWC":
-            x = x.transpose(0, 2, 3, 1)
-        return x.reshape(len(x), -1) if self.flat_size is not None else x
-
-    def from_model(self, grad: np.ndarray) -> np.ndarray:
-        """A gradient in the model's layout back to [N, C, H, W]."""
-        if self.layout == "NCHW" and self.flat_size is None:
-            return grad
-        if self.flat_size is not None:
-            channels, height, width = self.flat_size
-            grad = grad.reshape(len(grad), *((channels, height, width) if self.layout == "NCHW"
-                                             else (height, width, channels)))
-        return np.ascontiguousarray(grad.transpose(0, 3, 1, 2)) if self.layout == "NHWC" else grad
 
 
 class GradientRuntime:
@@ -157,8 +119,6 @@ class GradientRuntime:
                  max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None, provider: str | None = None,
                  use_cache: bool = True, layout: str = "NCHW", exposed: Iterable[str] = (), input: str | None = None,
                  image_size: tuple | None = None):
-        import onnxruntime as ort
-
         if max_batch < 1:
             raise HarnessError(f"the batch size must be at least 1 (got {max_batch})")
         source = load_model(model) if isinstance(model, (str, Path)) else model
@@ -196,15 +156,8 @@ class GradientRuntime:
     def from_card(cls, model: onnx.ModelProto | str | Path, card, **options) -> "GradientRuntime":
         """A runtime that feeds ``model`` as its model card says: its image input, layout and image size."""
         source = model if isinstance(model, onnx.ModelProto) else load_model(model)
-        layout = card.layout
-        if layout is None:
-            dims = declared_dims(source, card.input_name) if card.input_name else None
-            ambiguous = dims is None or len(dims) == 4 or (len(dims) == 2 and card.input_size is not None
-                                                          and card.input_size[0] > 1)
-            if ambiguous:
-                card.require("layout", why="to feed images to the model (NCHW or NHWC)")
-            layout = "NCHW"
-        return cls(source, input=card.input_name, layout=layout, image_size=card.input_size, **options)
+        return cls(source, input=card.input_name, layout=feeding_layout(source, card), image_size=card.input_size,
+                   **options)
 
     def with_output(self, output: str) -> "GradientRuntime":
         """A runtime for another output (or intermediate tensor) of the same model, fed the same way."""
@@ -223,7 +176,7 @@ class GradientRuntime:
     @staticmethod
     def _gradient_model(source: onnx.ModelProto, output, taps, use_cache: bool, input: str | None,
                         image_shape: tuple | None) -> onnx.ModelProto:
-        request = json.dumps([__version__, output, input, image_shape, list(taps)]).encode()
+        request = json.dumps([pass_fingerprint(), output, input, image_shape, list(taps)]).encode()
         path = cache_dir() / f"{content_hash(source)[:32]}-{hashlib.sha256(request).hexdigest()[:12]}.onnx"
         if use_cache and path.exists():
             try:
@@ -232,9 +185,7 @@ class GradientRuntime:
                 return cached
             except Exception:  # a damaged or foreign cache entry is rebuilt
                 log.warning("rebuilding damaged cache entry %s", path.name)
-        model = add_input_gradient(source, output=output, taps=taps, input=input, image_shape=image_shape)
-        if model.ir_version > MAX_IR_VERSION:
-            model.ir_version = MAX_IR_VERSION
+        model = runnable(add_input_gradient(source, output=output, taps=taps, input=input, image_shape=image_shape))
         if use_cache:
             write_atomically(path, model.SerializeToString())
         return model
@@ -249,6 +200,8 @@ class GradientRuntime:
         image = next((i for i in model.graph.input if i.name == _recorded(model, INPUT_KEY)), None)
         if image is None:
             raise HarnessError("not a gradient model built by harness (its image input is missing)")
+        if image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise HarnessError(f"the image input {image.name!r} is not float32; the runtime feeds float32 images")
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in image.type.tensor_type.shape.dim)
         taps = tuple(o.name[: -len("_grad")] for o in model.graph.output
                      if o.name.endswith("_grad") and o.name != INPUT_GRAD)
@@ -355,33 +308,13 @@ class GradientRuntime:
         return x
 
 
-def card_image_shape(model: onnx.ModelProto, card) -> tuple | None:
-    """The image input's non-batch dims (in the model's layout) that ``card`` states, or None."""
-    if card.input_size is None or (card.layout is None and card.input_size[0] != 1):
-        return None
-    return ImageAdapter.for_input(model, card.input_name, card.layout or "NCHW", card.input_size).model_shape(
-        card.input_size)
-
-
-def build_gradient_model(model: onnx.ModelProto, card, output: str | None = None,
-                         taps: Iterable[str] = ()) -> onnx.ModelProto:
-    """The gradient model of ``model`` fed as ``card`` says: what ``harness gradgraph`` writes and what
-    ``harness inspect`` judges (one code path, one verdict)."""
-    return add_input_gradient(model, output=output, taps=taps, input=card.input_name,
-                              image_shape=card_image_shape(model, card))
-
-
 def forward_model(source: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     """A copy of ``source`` whose outputs are the tensors ``outputs`` (the logits, and e.g. an embedding)."""
-    from harness.gradients.builder import tensor_value_info
-
     model = onnx.ModelProto()
     model.CopyFrom(source)
     del model.graph.output[:]
     model.graph.output.extend(tensor_value_info(source, output) for output in outputs)
-    if model.ir_version > MAX_IR_VERSION:
-        model.ir_version = MAX_IR_VERSION
-    return model
+    return runnable(model)
 
 
 def _recorded(model: onnx.ModelProto, key: str) -> str:

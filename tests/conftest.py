@@ -23,3 +23,23 @@ def numpy_2_quantile(monkeypatch):
         return quantile(a, q, *args, **kwargs)
 
     monkeypatch.setattr(np, "quantile", compatible)
+
+
+@pytest.fixture
+def rule_off_by(monkeypatch):
+    """``rule_off_by(op_type, factor)`` replaces the op's gradient rule by one whose input gradients are
+    ``factor`` times the correct ones: a subtly wrong rule, for tests that must see it fail."""
+    from harness.gradients.registry import VJP_RULES, load_rules
+
+    load_rules()
+
+    def install(op_type: str, factor: float) -> None:
+        correct = VJP_RULES[op_type]
+
+        def scaled(ctx):
+            correct(ctx)
+            ctx.input_grads = {i: ctx.op("Mul", g, ctx.scalar(factor, g)) for i, g in ctx.input_grads.items()}
+
+        monkeypatch.setitem(VJP_RULES, op_type, scaled)
+
+    return install

@@ -198,10 +198,18 @@ def test_check_json_passes():
     assert report["relative_error"] <= report["tolerance"]
 
 
-def test_check_fails_with_exit_1_under_an_impossible_tolerance():
-    result = invoke("check", DIGITS, "--images", "2", "--json", "--tolerance", "0")
+def test_check_fails_with_exit_1_on_a_wrong_gradient(rule_off_by):
+    rule_off_by("Gemm", 1.01)
+    result = invoke("check", DIGITS, "--images", "2", "--json")
     assert result.exit_code == 1, result.output
-    assert json.loads(result.stdout)["passed"] is False
+    assert json.loads(result.stdout)["verdict"] == "fail"
+
+
+def test_check_is_inconclusive_with_exit_3_under_an_impossible_tolerance():
+    result = invoke("check", DIGITS, "--images", "2", "--json", "--tolerance", "0")
+    assert result.exit_code == 3, result.output
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "inconclusive" and report["passed"] is False
 
 
 def test_check_with_zero_images_is_a_user_error():
@@ -274,7 +282,7 @@ def _data_dependent_if(tmp_path):
              helper.make_node("If", ["bright"], ["features"], name="data_dependent_if",
                               then_branch=branch["then"], else_branch=branch["else"]), *_head()]
     model = _image_model(nodes, [onnx.numpy_helper.from_array(np.float32(0), "zero"), *_head_constants()])
-    return save(model, tmp_path / "models" / "if.onnx"), ["If", "data_dependent_if", "condition is computed"]
+    return save(model, tmp_path / "models" / "if.onnx"), ["If", "data_dependent_if", "condition is computed at run"]
 
 
 def _quantised_path(tmp_path):

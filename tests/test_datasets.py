@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data import DATASETS, DataError, black_value, load_dataset, match_channels, normalise
+from harness.data import DATASETS, DataError, Preprocessing, load_dataset, match_channels, normalise
 from harness.data.shapes import SHAPE_CLASSES
 from harness.model_card import ModelCard
 
@@ -63,7 +63,8 @@ def test_normalisation_and_black_value():
     pixels[..., 0, 0] = 1.0
     x = normalise(pixels, (0.5, 0.4, 0.3), (0.25, 0.2, 0.1))
     np.testing.assert_allclose(x[0, :, 0, 0], [2.0, 3.0, 7.0], rtol=1e-6)
-    np.testing.assert_allclose(black_value((0.5, 0.4, 0.3), (0.25, 0.2, 0.1))[:, 0, 0], [-2.0, -2.0, -3.0])
+    np.testing.assert_allclose(Preprocessing((0.5, 0.4, 0.3), (0.25, 0.2, 0.1)).value_of(0.0, 3)[:, 0, 0],
+                               [-2.0, -2.0, -3.0])
     with pytest.raises(DataError, match="channels"):
         normalise(pixels, (0.5,), (0.25,))
     with pytest.raises(DataError, match="cannot convert"):

@@ -146,7 +146,8 @@ def test_inspect_gradgraph_check_and_explain_end_to_end(name, tmp_path):
     if small:
         assert verdict == "pass" and checked.exit_code == 0, checked.output
     else:   # weights of constant 0.02 make logits so large or so flat that float32 may not resolve them
-        assert verdict in ("pass", "inconclusive") and checked.exit_code == (verdict != "pass"), checked.output
+        assert verdict in ("pass", "inconclusive") and checked.exit_code == {"pass": 0, "inconclusive": 3}[verdict], \
+            checked.output
 
     card = report["model_card"]
     reference = golden(name)

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.gradcheck import DEFAULT_TOLERANCE, check_gradient
-from harness.gradients.registry import VJP_RULES, _load_rules
+from harness.gradients.registry import VJP_RULES, load_rules
 from harness.model_card import read_card
 from harness.onnx_io import load_model
 from harness.runtime import GradientRuntime
@@ -52,6 +52,14 @@ def test_flat_images_full_of_max_pool_ties_pass():
     assert check_gradient(runtime, grey).passed
 
 
+def image_model(name: str, nodes: list, initializers: list, output: str, classes: int, opset: int = 17,
+                side: int = 8) -> onnx.ModelProto:
+    """A model of ``nodes`` from the image input x [N, 3, side, side] to ``output`` [N, classes]."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", F, ["N", 3, side, side])],
+                              [helper.make_tensor_value_info(output, F, ["N", classes])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
 def saturated_softmax_model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
@@ -62,9 +70,7 @@ def saturated_softmax_model() -> onnx.ModelProto:
              helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
     inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
              numpy_helper.from_array(200 * rng.standard_normal((5, 8)).astype(np.float32), "fc")]
-    graph = helper.make_graph(nodes, "saturated", [helper.make_tensor_value_info("x", F, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("probabilities", F, ["N", 5])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return image_model("saturated", nodes, inits, "probabilities", 5)
 
 
 def test_a_saturated_softmax_head_is_checked_in_logit_space():
@@ -98,14 +104,12 @@ def tf_same_padding_model() -> onnx.ModelProto:
     inits = [numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.standard_normal((8, 6, 3, 3)).astype(np.float32), "w2"),
              numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "fc")]
-    graph = helper.make_graph(nodes, "same", [helper.make_tensor_value_info("x", F, ["N", 3, 12, 12])],
-                              [helper.make_tensor_value_info("logits", F, ["N", 4])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+    return image_model("same", nodes, inits, "logits", 4, opset=15, side=12)
 
 
 def _with_attribute(name: str, change):
     """A Conv rule that sees ``change(value)`` for the attribute ``name`` of every node that has it."""
-    _load_rules()
+    load_rules()
     correct = VJP_RULES["Conv"]
 
     def wrong(ctx):
@@ -123,13 +127,13 @@ def _with_attribute(name: str, change):
 
 
 def _scaled_gemm(ctx):
-    _load_rules()
+    load_rules()
     correct_gemm(ctx)
     for i, grad in list(ctx.input_grads.items()):
         ctx.input_grads[i] = ctx.op("Mul", grad, ctx.scalar(1.002, grad))
 
 
-_load_rules()
+load_rules()
 correct_gemm = VJP_RULES["Gemm"]
 INJECTED = {
     "swapped-asymmetric-pads": ("Conv", _with_attribute("pads", lambda p: p[len(p) // 2:] + p[:len(p) // 2])),
@@ -185,3 +189,67 @@ def test_a_wrong_rule_still_fails_under_rounding_noise(monkeypatch):
     runtime = GradientRuntime(offset_logits_model(1e9), use_cache=False)
     x = np.random.default_rng(2).standard_normal((3, 3, 12, 12)).astype(np.float32)
     assert check_gradient(runtime, x).verdict == "fail"
+
+
+def kinky_model() -> onnx.ModelProto:
+    """Every kind of kink the check holds: Clip without bounds, Abs, Max with a constant, LeakyRelu, PRelu,
+    HardSwish, HardSigmoid, Elu, Min, and a global max pool written as ReduceMax (Keras' GlobalMaxPooling2D)."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c"], ["unbounded"]),
+             helper.make_node("Abs", ["unbounded"], ["a"]),
+             helper.make_node("Max", ["a", "floor"], ["m"]),
+             helper.make_node("LeakyRelu", ["c"], ["l"], alpha=0.1),
+             helper.make_node("PRelu", ["c", "slope"], ["pr"]),
+             helper.make_node("HardSwish", ["c"], ["hs"]),
+             helper.make_node("HardSigmoid", ["c"], ["hg"]),
+             helper.make_node("Elu", ["c"], ["e"]),
+             helper.make_node("Min", ["m", "l", "pr"], ["low"]),
+             helper.make_node("Sum", ["low", "hs", "hg", "e"], ["mixed"]),
+             helper.make_node("ReduceMax", ["mixed"], ["pooled"], axes=[2, 3], keepdims=0),
+             helper.make_node("Gemm", ["pooled", "fc"], ["logits"], transB=1)]
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.float32(0.3), "floor"),
+             numpy_helper.from_array(rng.uniform(0.1, 0.3, (6, 1, 1)).astype(np.float32), "slope"),
+             numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "fc")]
+    return image_model("kinky", nodes, inits, "logits", 4)
+
+
+def test_every_kind_of_kink_is_held():
+    runtime = GradientRuntime(kinky_model(), use_cache=False)
+    x = np.random.default_rng(6).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    result = check_gradient(runtime, x)
+    assert result.passed, result
+    assert result.kinks_frozen == 6 * 8 * 8 * 9 + 6 and result.kinks_crossed > 0
+
+
+def test_a_wrong_softmax_rule_fails_through_the_head(rule_off_by):
+    rule_off_by("Softmax", 1.01)
+    rng = np.random.default_rng(7)
+    model = saturated_softmax_model()
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(0.5 * rng.standard_normal((5, 8)).astype(np.float32),
+                                                                "fc"))    # an unsaturated head
+    result = check_gradient(GradientRuntime(model, use_cache=False), rng.standard_normal((3, 3, 8, 8)).astype(np.float32))
+    assert result.verdict == "fail" and result.head_error > 5e-3, result
+    assert "differs from the chain rule" in result.note
+
+
+def test_a_prepared_model_that_computes_something_else_fails(monkeypatch):
+    """A preparation defect (here: a folded constant changed) makes the gradient another function's."""
+    import harness.gradients.prepare as preparation
+
+    real = preparation.fold_constants
+
+    def corrupting(model, infos):
+        done = real(model, infos)
+        for tensor in model.graph.initializer:
+            if tensor.name == "offset":
+                tensor.CopyFrom(numpy_helper.from_array(np.full(4, 2.0, np.float32), "offset"))
+        return done
+
+    monkeypatch.setattr(preparation, "fold_constants", corrupting)
+    runtime = GradientRuntime(offset_logits_model(1.0), use_cache=False)
+    x = np.random.default_rng(2).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    result = check_gradient(runtime, x)
+    assert result.verdict == "fail" and result.forward_error > 1e-4
+    assert "computes other outputs than the original" in result.note

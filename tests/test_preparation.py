@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.errors import NoGradientPathError, UnsupportedOpsError
+from harness.errors import ModelSignatureError, NoGradientPathError, UnsupportedOpsError
 from harness.gradients import GRAD_SEED, INPUT_GRAD, add_input_gradient
 from harness.gradients.builder import preparation_notes
 from harness.gradients.prepare import prepare
@@ -278,7 +278,7 @@ def test_if_with_a_constant_condition_is_replaced_by_its_branch():
 def test_if_with_a_condition_from_the_input_is_refused_not_zero():
     with pytest.raises(UnsupportedOpsError) as info:
         add_input_gradient(if_model(condition_from_input=True))
-    assert "If (an If whose condition is computed from the input" in str(info.value)
+    assert "If (an If whose condition is computed at run time" in str(info.value)
     assert "'the_if'" in str(info.value)
 
 
@@ -313,4 +313,49 @@ def test_an_output_that_ignores_the_image_is_refused():
     model = make_model(nodes, [helper.make_tensor_value_info("x", F, ["N", 4])],
                        [helper.make_tensor_value_info("y", F, [4])], [const("bias", np.ones(4, np.float32))])
     with pytest.raises(NoGradientPathError, match="does not depend on the image"):
+        add_input_gradient(model)
+
+
+def test_a_reversed_slice_of_a_shape_folds_to_the_right_constant():
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Slice", ["shape", "last", "before_first", "axis", "backwards"], ["reversed"]),
+             helper.make_node("Gather", ["reversed", "first_three"], ["sizes"]),
+             helper.make_node("Concat", ["minus_one", "sizes"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", F, ["N", 2, 3, 4])],
+                       [helper.make_tensor_value_info("y", F, ["N", 4, 3, 2])],
+                       [const("last", np.array([-1])), const("before_first", np.array([-(2 ** 62)])),
+                        const("axis", np.array([0])), const("backwards", np.array([-1])),
+                        const("first_three", np.array([0, 1, 2])), const("minus_one", np.array([-1]))])
+    prepared = prepare(model)
+    reshape = next(n for n in prepared.model.graph.node if n.op_type == "Reshape")
+    assert prepared.constants[reshape.input[1]].tolist() == [-1, 4, 3, 2]
+    x = RNG.standard_normal((2, 2, 3, 4)).astype(np.float32)
+    seed = RNG.standard_normal((2, 4, 3, 2)).astype(np.float32)
+    np.testing.assert_allclose(input_gradient(model, x, seed), seed.reshape(x.shape), rtol=1e-6)
+
+
+def test_local_functions_are_inlined():
+    """torch's dynamo exporter and onnxscript write local functions; the pass works on the inlined graph."""
+    scale = helper.make_function("local", "Scaled", ["a"], ["b"],
+                                 [helper.make_node("Constant", [], ["three"], value_float=3.0),
+                                  helper.make_node("Mul", ["a", "three"], ["b"])],
+                                 [helper.make_opsetid("", 17)])
+    graph = helper.make_graph([helper.make_node("Scaled", ["x"], ["s"], domain="local"),
+                               helper.make_node("Relu", ["s"], ["y"])], "functions",
+                              [helper.make_tensor_value_info("x", F, ["N", 4])],
+                              [helper.make_tensor_value_info("y", F, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                              functions=[scale], ir_version=8)
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    seed = RNG.standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(input_gradient(model, x, seed), 3 * seed * (x > 0), rtol=1e-6)
+    assert "local functions inlined" in preparation_notes(add_input_gradient(model))
+
+
+def test_float16_models_are_refused_not_fed_float32():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])])
+    with pytest.raises(ModelSignatureError, match="is float16; the harness differentiates float32 models"):
         add_input_gradient(model)

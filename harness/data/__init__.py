@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 from harness import DEFAULT_SEED
-from harness.data.base import DataError, ImageSet, Preprocessing, black_value, match_channels, normalise
+from harness.data.base import DataError, ImageSet, Preprocessing, match_channels, normalise
 
-__all__ = ["DATASETS", "DataError", "ImageSet", "Preprocessing", "black_value", "load_dataset", "match_channels", "normalise"]
+__all__ = ["DATASETS", "DataError", "ImageSet", "Preprocessing", "load_dataset", "match_channels", "normalise"]
 
 DEFAULT_COUNT = 64
 

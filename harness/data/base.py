@@ -109,8 +109,3 @@ class Preprocessing:
 def normalise(images: np.ndarray, mean, std) -> np.ndarray:
     """(pixels − mean) / std per channel, as float32; pixels in [0, 1], [N, C, H, W]."""
     return Preprocessing(tuple(mean), tuple(std)).to_model(images)
-
-
-def black_value(mean, std) -> np.ndarray:
-    """The model-input value of a black pixel, per channel, shaped [C, 1, 1]."""
-    return Preprocessing(tuple(mean), tuple(std)).value_of(0.0, len(mean))

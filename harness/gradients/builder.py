@@ -24,14 +24,14 @@ from harness.gradients.context import (
 )
 from harness.gradients.graph import STANDARD_DOMAINS, default_opset, node_inputs
 from harness.gradients.prepare import inferred_infos, prepare
-from harness.gradients.registry import NON_DIFFERENTIABLE, VJP_RULES, _load_rules
+from harness.gradients.registry import NON_DIFFERENTIABLE, VJP_RULES, load_rules
 
 GRAD_SEED = "grad_seed"
 INPUT_GRAD = "input_grad"
 TARGET_KEY = "harness.gradient_target"   # metadata: the output whose gradient is taken
 INPUT_KEY = "harness.gradient_input"     # metadata: the image input
 NOTES_KEY = "harness.preparation"        # metadata: what preparation changed (a JSON list of sentences)
-CONTROL_FLOW = {"If": "an If whose condition is computed from the input (only a constant condition is folded)",
+CONTROL_FLOW = {"If": "an If whose condition is computed at run time (only a constant condition is folded)",
                 "Loop": "a Loop (control flow has no gradient rule)",
                 "Scan": "a Scan (control flow has no gradient rule)"}
 
@@ -49,7 +49,7 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     Refuses before building anything: ``UnsupportedOpsError`` names every op on the gradient path without a
     rule; ``NoGradientPathError`` says where every path from the image to the output is cut.
     """
-    _load_rules()
+    load_rules()
     prepared = prepare(model, input=input, image_shape=image_shape)
     model, image, infos = prepared.model, prepared.image, prepared.infos
     graph = model.graph
@@ -66,8 +66,9 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     relevant = _backward_relevant(graph, {target, *taps})
     to_differentiate = [node for node in graph.node if any(o in active and o in relevant for o in node.output)]
     _check_supported(to_differentiate)
-    if target != image and target not in _forward_active(graph, {image}, infos):
-        _refuse_cut_paths(graph, image, target, active)
+    image_active = _forward_active(graph, {image}, infos)
+    if target != image and target not in image_active:
+        _refuse_cut_paths(graph, image, target, image_active, relevant)
 
     taken = _all_names(graph)
     emitter = GraphEmitter(taken, opset, infos, prepared.constants)
@@ -217,18 +218,20 @@ def _backward_relevant(graph: onnx.GraphProto, sinks: set[str]) -> set[str]:
     return relevant
 
 
-def _refuse_cut_paths(graph: onnx.GraphProto, image: str, target: str, active: set[str]) -> None:
+def _refuse_cut_paths(graph: onnx.GraphProto, image: str, target: str, active: set[str],
+                      relevant: set[str]) -> None:
     """Raise NoGradientPathError naming the nodes where the output's dependence on the image stops being
-    differentiable (integer outputs, comparisons, quantisation), or saying that there is no dependence."""
+    differentiable (integer outputs, comparisons, quantisation): nodes that read a tensor differentiable in the
+    image and give the output something that is not; or saying that there is no dependence at all."""
     depends = {image}
-    cuts: list[str] = []
     for node in graph.node:
         if any(i in depends for i in node_inputs(node)):
             depends.update(o for o in node.output if o)
-            if not any(o in active for o in node.output):
-                cuts.append(f"{node.op_type} at {node.name or node.output[0]!r}")
     if target not in depends:
         raise NoGradientPathError(f"the output {target!r} does not depend on the image input {image!r}")
+    cuts = [f"{node.op_type} at {node.name or node.output[0]!r}" for node in graph.node
+            if any(i in active for i in node_inputs(node))
+            and any(o in relevant and o not in active for o in node.output if o)]
     shown = ", ".join(cuts[:8]) + (f" and {len(cuts) - 8} more" if len(cuts) > 8 else "")
     raise NoGradientPathError(
         f"the output {target!r} depends on the image input {image!r} only through ops whose result carries no "

@@ -8,9 +8,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-FLOAT_TYPES = frozenset(
-    {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-)
+from harness.gradients.graph import FLOAT_TYPES, attribute
+
 
 
 class UnsupportedConfiguration(Exception):
@@ -212,11 +211,7 @@ class VJPContext:
         return self.emit.opset
 
     def attr(self, name: str, default=None):
-        for attribute in self.node.attribute:
-            if attribute.name == name:
-                value = helper.get_attribute_value(attribute)
-                return value.decode() if isinstance(value, bytes) else value
-        return default
+        return attribute(self.node, name, default)
 
     def input(self, i: int) -> str | None:
         """Name of input ``i``, or None when it is absent or empty."""

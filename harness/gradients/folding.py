@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from harness.gradients.context import TensorInfo
-from harness.gradients.graph import STANDARD_DOMAINS, constant_node_value, default_opset, node_inputs, subgraphs
+from harness.gradients.graph import (STANDARD_DOMAINS, attribute, constant_node_value, default_opset, node_inputs,
+                                    subgraphs)
 
 NEVER_FOLDED = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
                           "Multinomial", "Constant"})
@@ -84,7 +86,7 @@ class _Folder:
                     self.known[node.output[0]] = value
                 kept.append(node)
                 continue
-            if node.op_type == "If" and node.input[0] in self.known:
+            if node.op_type == "If" and node.input[0] in self.known and self.known[node.input[0]].size == 1:
                 queue.extendleft(reversed(self._branch(node)))
                 self.done["if"] += 1
                 continue
@@ -98,6 +100,7 @@ class _Folder:
                 self._constant_reshape(node)
             kept.append(node)
         if self.done:
+            kept = _live(kept, outputs)
             used = {i for node in kept for i in node_inputs(node)} | outputs
             self.graph.initializer.extend(numpy_helper.from_array(self.known[name], name)
                                           for name in sorted(dropped & used))
@@ -124,6 +127,8 @@ class _Folder:
                 results = _runtime_evaluation(node, values, self.opset)
         except Exception:  # an op that cannot be evaluated here stays in the graph, for the runtime to compute
             return None
+        if not all(isinstance(value, (np.ndarray, np.generic)) for value in results):
+            return None   # a sequence or map: not a tensor an initializer can hold
         return {name: np.asarray(value) for name, value in zip(node.output, results) if name}
 
     def _shape_of_known_tensor(self, node: onnx.NodeProto) -> dict[str, np.ndarray] | None:
@@ -158,7 +163,7 @@ class _Folder:
         (e.g. the rank of a tensor whose batch size is open)."""
         try:
             result = self._partial_result(node)
-        except (ValueError, IndexError, TypeError):   # a malformed shape computation: leave it to the runtime
+        except (ValueError, IndexError, TypeError, ArithmeticError):   # leave a malformed computation to the runtime
             result = None
         if result is None:
             return None
@@ -182,15 +187,15 @@ class _Folder:
             return None
         data = operands[0]
         if op in ("Identity", "Cast"):
-            dtype = data.dtype if op == "Identity" else helper.tensor_dtype_to_np_dtype(_attr(node, "to"))
+            dtype = data.dtype if op == "Identity" else helper.tensor_dtype_to_np_dtype(attribute(node, "to"))
             return Partial(data.values, np.dtype(dtype)) if np.issubdtype(dtype, np.number) else None
         if op == "Gather" and operands[1] is not None and node.input[1] in self.known:
             indices = self.known[node.input[1]]
-            return Partial(np.take(data.values, indices, axis=_attr(node, "axis", 0)), data.dtype)
+            return Partial(np.take(data.values, indices, axis=attribute(node, "axis", 0)), data.dtype)
         if op == "Slice" and data.values.ndim == 1 and all(i in self.known for i in node.input[1:] if i):
-            return Partial(data.values[_slice(node, self.known, len(data.values))], data.dtype)
+            return Partial(data.values[_slice(node, self.known)], data.dtype)
         if op == "Concat" and all(o is not None for o in operands):
-            return Partial(np.concatenate([o.values for o in operands], axis=_attr(node, "axis")), data.dtype)
+            return Partial(np.concatenate([o.values for o in operands], axis=attribute(node, "axis")), data.dtype)
         if op in ("Unsqueeze", "Squeeze"):
             return self._reshaped_partial(node, data)
         if op == "Reshape" and node.input[1] in self.known:
@@ -218,7 +223,7 @@ class _Folder:
     def _constant_reshape(self, node: onnx.NodeProto) -> None:
         """Write a Reshape's partially known shape as a constant with the same meaning, where that is exact."""
         shape = self.partial[node.input[1]].values
-        if shape.ndim != 1 or _attr(node, "allowzero", 0):
+        if shape.ndim != 1 or attribute(node, "allowzero", 0):
             return
         data_dims = self._dims(node.input[0])
         numbers = [v for v in shape if v is not None and not isinstance(v, str)]
@@ -281,23 +286,37 @@ def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
     node.input[:] = [rename.get(i, i) for i in node.input]
     node.output[:] = [rename.get(o, o) for o in node.output]
     for graph in subgraphs(node):
-        inner_names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-        inner_names |= {o for inner in graph.node for o in inner.output}
-        outer = {k: v for k, v in rename.items() if k not in inner_names}
-        for inner in graph.node:
-            inner.input[:] = [outer.get(i, i) for i in inner.input]
-            for nested in subgraphs(inner):
-                for nested_node in nested.node:
-                    _rename(nested_node, {k: v for k, v in outer.items()
-                                          if k not in {o for n in nested.node for o in n.output}})
-        for output in graph.output:
-            output.name = outer.get(output.name, output.name)
+        _rename_outer_references(graph, rename)
+
+
+def _rename_outer_references(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    """Apply ``rename`` to the names a subgraph reads from enclosing graphs, at every depth; a name the subgraph
+    defines itself shadows the renaming."""
+    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    local |= {o for inner in graph.node for o in inner.output}
+    outer = {k: v for k, v in rename.items() if k not in local}
+    for inner in graph.node:
+        inner.input[:] = [outer.get(i, i) for i in inner.input]
+        for nested in subgraphs(inner):
+            _rename_outer_references(nested, outer)
+    for output in graph.output:
+        output.name = outer.get(output.name, output.name)
+
+
+def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` without those whose results nothing reads any more (shape arithmetic a folded constant or a
+    constant Reshape shape replaced), removed from the end so that chains go at once."""
+    read = set(outputs)
+    live = []
+    for node in reversed(nodes):
+        if any(o in read for o in node.output if o):
+            live.append(node)
+            read.update(node_inputs(node))
+    return live[::-1]
 
 
 def _runtime_evaluation(node: onnx.NodeProto, values: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:
     """The node's outputs as ONNX Runtime's CPU kernels compute them."""
-    import onnxruntime as ort
-
     inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
               for name, value in values.items()]
     outputs = [onnx.ValueInfoProto(name=name) for name in node.output if name]
@@ -311,26 +330,19 @@ def _runtime_evaluation(node: onnx.NodeProto, values: dict[str, np.ndarray], ops
     return [produced.get(name) for name in node.output]
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
-
-
 def _shape_slice(node: onnx.NodeProto, dims: tuple) -> list:
-    start, end = _attr(node, "start", 0), _attr(node, "end", None)
+    start, end = attribute(node, "start", 0), attribute(node, "end", None)
     return list(dims[start:end])
 
 
-def _slice(node: onnx.NodeProto, known: dict, length: int) -> slice:
+def _slice(node: onnx.NodeProto, known: dict) -> slice:
+    """A 1-D Slice as a Python slice: Python clamps starts and ends exactly as ONNX does, either step sign."""
     values = [None if not name else [int(v) for v in np.asarray(known[name]).reshape(-1)] for name in node.input[1:]]
     values += [None] * (4 - len(values))
     starts, ends, axes, steps = values
     if axes not in (None, [0], [-1]) or len(starts) != 1:
         raise ValueError("only 1-D slices of shape vectors are followed")
-    step = 1 if steps is None else steps[0]
-    return slice(*slice(starts[0], ends[0], step).indices(length))
+    return slice(starts[0], ends[0], 1 if steps is None else steps[0])
 
 
 def _exact(function):

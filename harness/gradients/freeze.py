@@ -22,9 +22,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.gradients.context import GraphEmitter, TensorInfo
-from harness.gradients.graph import STANDARD_DOMAINS, default_opset, node_inputs
+from harness.gradients.graph import STANDARD_DOMAINS, attribute, default_opset, node_inputs
 from harness.gradients.prepare import PreparedModel
 from harness.gradients.registry import NON_DIFFERENTIABLE
+from harness.onnx_io import runnable
 
 REFERENCE_SUFFIX = "__at_x0"
 CHANGES = "kink_changes"
@@ -66,10 +67,7 @@ class Freezer:
         return self._reference(name)
 
     def attr(self, name: str, default=None):
-        for attribute in self.node.attribute:
-            if attribute.name == name:
-                return helper.get_attribute_value(attribute)
-        return default
+        return attribute(self.node, name, default)
 
     def op(self, op_type: str, *inputs, n_out: int = 1, **attrs):
         return self.emit.op(op_type, *inputs, n_out=n_out, **attrs)
@@ -86,6 +84,11 @@ class Freezer:
         """The number of true entries of a boolean tensor per batch row (int64 [N])."""
         rows = self.op("Cast", self.op("Reshape", condition, self.emit.ints([0, -1])), to=TensorProto.INT64)
         return self.op("ReduceSum", rows, self.emit.ints([1]), keepdims=0)
+
+    def no_changes(self) -> str:
+        """Zero changed units per batch row (for a freezer whose op has no kink here)."""
+        rows = self.op("Slice", self.op("Shape", self.x(0)), self.emit.ints([0]), self.emit.ints([1]))
+        return self.op("ConstantOfShape", rows, value=numpy_helper.from_array(np.zeros(1, np.int64)))
 
     def changes(self, state_at_x0: str, state_at_x: str) -> str:
         """The number of units whose boolean state differs between x0 and x."""
@@ -143,7 +146,7 @@ def frozen_model(prepared: PreparedModel, output: str) -> tuple[onnx.ModelProto,
         [*graph.initializer, *emit.initializers])
     model = helper.make_model(model_graph, opset_imports=list(prepared.model.opset_import),
                               ir_version=prepared.model.ir_version)
-    return model, units
+    return runnable(model), units
 
 
 def _needed_nodes(graph: onnx.GraphProto, output: str) -> list[onnx.NodeProto]:
@@ -223,7 +226,7 @@ def clip(f: Freezer) -> str:
     inside0, inside_x = f.both(inside)
     if inside0 is None:     # no bounds: the identity
         f.produce(f.x(0))
-        return None
+        return f.no_changes()
     f.produce(f.op("Where", inside0, f.x(0), f.y0()))
     return f.changes(inside0, inside_x)
 
@@ -295,14 +298,33 @@ def max_pool(f: Freezer) -> str | None:
     return f.count(f.op("Not", f.op("Equal", indices0, indices)))
 
 
-@freezes("GlobalMaxPool")
-def global_max_pool(f: Freezer) -> str:
+@freezes("GlobalMaxPool", "ReduceMax", "ReduceMin")
+def extremum(f: Freezer) -> str | None:
+    """Each element keeps x0's share of its reduction: where it was the extremum (split evenly between ties)
+    it passes, elsewhere it is held out. Reductions whose axes are computed at run time are not frozen."""
     x = f.x(0)
-    dtype = f.emit.elem_type(x)
-    axes = list(range(2, f.emit.rank(x)))
-    chosen0 = f.op("Equal", f.x0(0), f.y0())
-    chosen = f.op("Equal", x, f.op("GlobalMaxPool", x))
-    weights = f.op("Cast", chosen0, to=dtype)
+    rank, keepdims = f.emit.rank(x), bool(f.attr("keepdims", 1))
+    if f.node.op_type == "GlobalMaxPool":
+        axes, keepdims = list(range(2, rank)), True
+    else:
+        axes = f.attr("axes")
+        if axes is None and f.x(1) is not None:
+            axes = f.emit.constant_value(f.x(1))
+            if axes is None:
+                return None
+        axes = sorted(int(a) % rank for a in ([] if axes is None else axes))
+        if not axes and f.attr("noop_with_empty_axes", 0):
+            f.produce(x)
+            return f.no_changes()
+        axes = axes or list(range(rank))
+
+    def chosen(u: str, y: str) -> str:
+        return f.op("Equal", u, y if keepdims else f.emit.unsqueeze(y, axes))
+
+    unfrozen = f.op(f.node.op_type, *[name for name in f.node.input], **{a.name: helper.get_attribute_value(a)
+                                                                          for a in f.node.attribute})
+    chosen0, chosen_x = chosen(f.x0(0), f.y0()), chosen(x, unfrozen)
+    weights = f.op("Cast", chosen0, to=f.emit.elem_type(x))
     share = f.op("Div", weights, f.emit.reduce_sum(weights, axes, keepdims=True))
-    f.produce(f.emit.reduce_sum(f.op("Mul", x, share), axes, keepdims=True))
-    return f.changes(chosen0, chosen)
+    f.produce(f.emit.reduce_sum(f.op("Mul", x, share), axes, keepdims=keepdims))
+    return f.changes(chosen0, chosen_x)

@@ -6,8 +6,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from harness.gradients.context import FLOAT_TYPES
-
+FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+)
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -25,6 +26,15 @@ def set_default_opset(model: onnx.ModelProto, version: int) -> None:
             entry.version = version
             return
     model.opset_import.add(domain="", version=version)
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of a node's attribute (strings decoded), or ``default`` when the node does not set it."""
+    for attribute_proto in node.attribute:
+        if attribute_proto.name == name:
+            value = helper.get_attribute_value(attribute_proto)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:

@@ -14,8 +14,8 @@ rewrites a copy without changing what it computes:
 5. constant subgraphs are folded into initializers (:mod:`harness.gradients.folding`), shape arithmetic
    included wherever the shapes it reads are known, and an If whose condition is constant is replaced by its
    branch;
-6. shapes come from onnx's shape inference; where it gives up, a probe run of the model at two batch sizes
-   measures them.
+6. shapes come from onnx's shape inference; where it gives up, probe runs of the model measure them (at two
+   batch sizes where the batch is dynamic, and twice at one size, so that data-dependent dims stay unknown).
 
 Every step that changed something leaves a note in ``PreparedModel.notes``; ``harness inspect`` shows them.
 """
@@ -27,11 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference, version_converter
+import onnxruntime as ort
+from onnx import helper, inliner, numpy_helper, shape_inference, version_converter
 
-from harness.errors import ModelSignatureError
+from harness.errors import ModelSignatureError, first_line
 from harness.gradients.context import TensorInfo, tensor_info_from_value_info
 from harness.gradients.folding import fold_constants
+from harness.onnx_io import runnable
 from harness.gradients.graph import (STANDARD_DOMAINS, constant_node_value, default_opset, image_inputs,
                                     set_default_opset)
 
@@ -61,21 +63,21 @@ def prepare(model: onnx.ModelProto, input: str | None = None, image_shape: tuple
     notes: list[str] = []
     model = _copy(model)
     if model.functions:
-        model = onnx.inliner.inline_local_functions(model)
+        model = inliner.inline_local_functions(model)
         notes.append("local functions inlined")
     _freeze_initializer_inputs(model, input, notes)
     image = _image_input(model, input)
+    _refuse_half_precision(model.graph, image)
     model = _upgraded(model, notes)
     _fix_input_shape(model.graph, image, image_shape, notes)
     done: Counter = Counter()
     for _ in range(MAX_FOLD_ROUNDS):
-        inferred = _inferred(model)
-        folded = fold_constants(model, _infos(inferred))
+        folded = fold_constants(model, _infos(_inferred(model)))
         if not folded:
             break
         done += folded
     _note_folding(done, notes)
-    infos = _infos(inferred)
+    infos = _infos(_inferred(model))
     constants = _constants(model)
     for name, value in constants.items():
         infos[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(value.dtype), tuple(value.shape))
@@ -129,6 +131,15 @@ def _image_input(model: onnx.ModelProto, requested: str | None) -> str:
     return candidates[0]
 
 
+def _refuse_half_precision(graph: onnx.GraphProto, image: str) -> None:
+    """The rules build float32/float64 graphs; in float16 a mask of scale 2^100 overflows and sums lose the
+    gradient, so half-precision models are refused rather than differentiated wrongly."""
+    elem_type = next(i for i in graph.input if i.name == image).type.tensor_type.elem_type
+    if elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        raise ModelSignatureError(f"the image input {image!r} is {helper.tensor_dtype_to_np_dtype(elem_type).name}; "
+                                  "the harness differentiates float32 models (convert the model to float32 first)")
+
+
 def _fix_input_shape(graph: onnx.GraphProto, image: str, image_shape, notes: list[str]) -> None:
     """Give the image input static non-batch dims; name a nameless batch dim."""
     value_info = next(i for i in graph.input if i.name == image)
@@ -154,7 +165,15 @@ def _fix_input_shape(graph: onnx.GraphProto, image: str, image_shape, notes: lis
         if opened:
             notes.append(f"input {image!r} fixed to {[_dim_text(d) for d in dims]} (the model card's size)")
     if len(dims) and not dims[0].HasField("dim_value") and not dims[0].dim_param:
-        dims[0].dim_param = BATCH_SYMBOL
+        dims[0].dim_param = _unused_symbol(graph)
+
+
+def _unused_symbol(graph: onnx.GraphProto) -> str:
+    """BATCH_SYMBOL, or a variant of it that no dim of the graph uses (equal names mean equal sizes)."""
+    used = {d.dim_param for v in [*graph.input, *graph.output, *graph.value_info]
+            for d in v.type.tensor_type.shape.dim}
+    return next(f"{BATCH_SYMBOL}{suffix}" for suffix in ("", *range(1, len(used) + 2))
+                if f"{BATCH_SYMBOL}{suffix}" not in used)
 
 
 def _dim_text(dim) -> str | int:
@@ -171,16 +190,11 @@ def _upgraded(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     except Exception as error:  # the converter raises RuntimeError, ValueError or onnx's own errors
         raise ModelSignatureError(
             f"the model's opset {opset} must be upgraded to {TARGET_OPSET} for the gradient pass, and onnx's "
-            f"version converter failed: {_first_line(error)}") from None
+            f"version converter failed: {first_line(error)}") from None
     set_default_opset(converted, TARGET_OPSET)
     converted.ir_version = max(converted.ir_version, MIN_IR_VERSION)
     notes.append(f"opset {opset} upgraded to {TARGET_OPSET} by onnx's version converter")
     return converted
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:300] if lines else type(error).__name__
 
 
 # -- tensor facts --------------------------------------------------------------------------------------
@@ -227,6 +241,16 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return constants
 
 
+def _probed_dim(sizes: list[int], batches: tuple, batch):
+    """A dim from its sizes in the probe runs: fixed, the batch dim, or None (it depends on the data)."""
+    same_batch = [size for size, b in zip(sizes, batches) if b == batches[0]]
+    if len(set(same_batch)) > 1:
+        return None
+    if len(set(sizes)) == 1:
+        return sizes[0]
+    return batch if sizes == list(batches) else None
+
+
 def _needs_probe(info: TensorInfo | None, batch: str | None) -> bool:
     if info is None or info.dims is None:
         return True
@@ -252,40 +276,32 @@ def _probe_unknown_shapes(model: onnx.ModelProto, image: str, infos: dict[str, T
                                 if o and _needs_probe(infos.get(o), symbol)))
     if not wanted:
         return
-    import onnxruntime as ort
-
-    probe_model = _copy(model)
+    probe_model = runnable(_copy(model))
     known_outputs = {o.name for o in probe_model.graph.output}
     probe_model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted if name not in known_outputs)
     del probe_model.graph.value_info[:]
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # Two batch sizes tell the batch dim from fixed ones; a second input at the first batch size tells dims
+    # that depend on the data (NonZero, TopK with a computed k) from fixed ones.
+    batches = (batch, batch) if isinstance(batch, int) else (*PROBE_BATCHES, PROBE_BATCHES[0])
     try:
         session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        batches = (batch,) if isinstance(batch, int) else PROBE_BATCHES
-        dtype = helper.tensor_dtype_to_np_dtype(image_info.elem_type or onnx.TensorProto.FLOAT)
         rng = np.random.default_rng(0)
         runs = [dict(zip(wanted, session.run(wanted, {image: rng.standard_normal((b, *image_info.dims[1:]))
-                                                             .astype(dtype)})))
+                                                             .astype(np.float32)})))
                 for b in batches]
     except Exception:  # a model that cannot run here fails later with the runtime's own message
         return
     measured = 0
     for name in wanted:
-        values = [np.asarray(run[name]) for run in runs]
-        if len({v.ndim for v in values}) != 1:
+        shapes = [np.shape(run[name]) for run in runs]
+        if len({len(shape) for shape in shapes}) != 1:
             continue
-        dims = []
-        for axis in range(values[0].ndim):
-            sizes = [v.shape[axis] for v in values]
-            if len(set(sizes)) == 1:
-                dims.append(sizes[0])
-            elif sizes == list(batches):
-                dims.append(batch)
-            else:
-                dims.append(None)
-        infos[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(values[0].dtype), tuple(dims))
+        infos[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(np.asarray(runs[0][name]).dtype),
+                                 tuple(_probed_dim([shape[axis] for shape in shapes], batches, batch)
+                                       for axis in range(len(shapes[0]))))
         measured += 1
     if measured:
         notes.append(f"shapes of {measured} tensor(s) that shape inference left open measured by a probe run")

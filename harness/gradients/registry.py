@@ -39,11 +39,5 @@ def vjp(*op_types: str) -> Callable:
     return register
 
 
-def supported_op_types() -> list[str]:
-    """Every op type the pass handles: with a VJP rule or known to carry no gradient."""
-    _load_rules()
-    return sorted(set(VJP_RULES) | NON_DIFFERENTIABLE)
-
-
-def _load_rules() -> None:
+def load_rules() -> None:
     from harness.gradients import rules  # noqa: F401  (registers every family module)
