@@ -6,12 +6,14 @@ stderr and exit with code 2; no traceback, no partial output file.
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import json
 import logging
 import os
 import sys
+import warnings
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -20,9 +22,11 @@ import click
 
 from harness import DEFAULT_SEED, __version__
 from harness.errors import HarnessError
+from harness.files import read_npy, writable_dir, writable_file
 from harness.gradcheck import DEFAULT_TOLERANCE
 
 BAD_INPUT_EXIT = 2
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}  # the user's to fix
 CHECK_EXIT = {"pass": 0, "fail": 1, "inconclusive": 3}   # harness check: bad input exits 2 like everywhere
 BUNDLED_DEFAULT = Path(__file__).resolve().parent.parent / "exported_models" / "digits_cnn.onnx"
 
@@ -36,6 +40,13 @@ def user_errors(command):
             return command(*args, **kwargs)
         except HarnessError as error:
             click.echo(f"error: {error}", err=True)
+            sys.exit(BAD_INPUT_EXIT)
+        except OSError as error:
+            if error.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f" {error.filename}" if error.filename else ""
+            click.echo(f"error: cannot write{where}: {error.strerror}; free space or give a writable location",
+                       err=True)
             sys.exit(BAD_INPUT_EXIT)
 
     return wrapper
@@ -60,6 +71,12 @@ def main(context: click.Context, quiet: bool) -> None:
     """Evaluate gradient-based explanations of ONNX image classifiers."""
     context.ensure_object(dict)["quiet"] = quiet
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="harness: %(message)s")
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line naming what it is about (the file it skipped), never our source lines."""
+    click.echo(f"warning: {message}", err=True)
 
 
 def _quiet(own_flag: bool) -> bool:
@@ -134,6 +151,7 @@ def gradgraph(model, out, output, input_alias, taps, **card_facts):
     from harness.onnx_io import load_model, write_atomically
     from harness.feeding import build_gradient_model
 
+    writable_file(out, "-o")
     proto = load_model(model)
     card = _read_card(proto, model, input_alias=input_alias, **card_facts)
     grad_model = build_gradient_model(proto, card, output=output, taps=taps)
@@ -242,7 +260,7 @@ def _print_inspection(report: dict) -> None:
 @click.option("--tolerance", default=DEFAULT_TOLERANCE, help="Largest accepted relative L2 error.")
 @OUTPUT_OPTION
 @INPUT_OPTION
-@click.option("--seed", default=DEFAULT_SEED, help="Seed of the random inputs and directions.")
+@click.option("--seed", default=DEFAULT_SEED, type=click.IntRange(min=0), help="Seed of the random inputs and directions.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @card_options
 @user_errors
@@ -281,7 +299,7 @@ METHOD_HELP = ("vanilla, smoothgrad, ig, guided-ig, suppression, blur-ig, expect
 @click.option("--layer", default=None,
               help="Grad-CAM's feature map (default: the input of the last global pooling).")
 @click.option("--times-input", is_flag=True, help="Multiply the attribution by the input.")
-@click.option("--seed", default=DEFAULT_SEED, help="Seed of every random draw.")
+@click.option("--seed", default=DEFAULT_SEED, type=click.IntRange(min=0), help="Seed of every random draw.")
 @click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Largest runtime batch (bounds memory).")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Where to write the .npy.")
 @click.option("--png", default=None, type=click.Path(dir_okay=False), help="Also write the heatmap beside the image.")
@@ -300,6 +318,9 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
 
     if (image is None) == (tensor is None):
         raise HarnessError("give exactly one of --image and --tensor")
+    writable_file(out, "-o")
+    if png:
+        writable_file(png, "--png")
     chosen = get_method(method, times_input=times_input, steps=steps, samples=samples, p=p, level=noise,
                         baseline=baseline)
     proto = load_model(model)
@@ -309,7 +330,11 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
         from harness.data.folders import read_image
 
         card.require("preprocessing", why="to read --image")
-        pixels = read_image(image, card.input_size)
+        card.require("input_size", why="to read --image at the model's size")
+        try:
+            pixels = read_image(image, card.input_size)
+        except HarnessError as error:
+            raise HarnessError(f"--image {image}: {error}") from None
         x = card.to_model(pixels[None])
     else:
         card.require("input_size", why="to check the shape of --tensor")
@@ -340,10 +365,7 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
 def _load_tensor(path: str, input_size) -> "np.ndarray":
     import numpy as np
 
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise HarnessError(f"{path} is not a readable .npy array ({error})") from None
+    x = read_npy(path, "--tensor")
     if x.ndim == 3:
         x = x[None]
     if x.shape != (1, *input_size):
@@ -363,7 +385,7 @@ def run_options(command):
         click.option("--dataset", default=None,
                      help="shapes, shapes-multi, shapes-grid, digits, a folder or a CSV (default: each model's own)."),
         click.option("--images", type=click.IntRange(min=1), default=None, help="Images per model (default 16)."),
-        click.option("--seed", type=int, default=None, help=f"Seed of every random draw (default {DEFAULT_SEED})."),
+        click.option("--seed", type=click.IntRange(min=0), default=None, help=f"Seed of every random draw (default {DEFAULT_SEED})."),
         click.option("--out", default=None, help="Run directory (default reports/run)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Largest runtime batch."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
@@ -386,8 +408,9 @@ def leaderboard(config_file, models, dataset, images, seed, out, batch_size, qui
     config = RunConfig.load(config_file, models=list(models) or None, methods=list(methods) or None,
                             metrics=list(metrics) or None, dataset=dataset, images=images, seed=seed, out=out,
                             batch_size=batch_size)
+    writable_dir(config.out, "--out")
     run_dir = run_leaderboard(config, quiet=_quiet(quiet))
-    report = write_report(run_dir)
+    report = write_report(run_dir, force=False)
     click.echo(f"{len(config.models)} models x {len(config.methods)} methods x {config.images} images: "
                f"report {report}")
 
@@ -414,6 +437,7 @@ def experiment(name, config_file, models, dataset, images, seed, out, batch_size
     run = get_experiment(name)
     config = RunConfig.load(config_file, models=list(models) or None, dataset=dataset, images=images, seed=seed,
                             out=out, batch_size=batch_size)
+    writable_dir(config.out, "--out")
     written = run(config, quiet=_quiet(quiet))
     click.echo(f"{name}: wrote " + ", ".join(str(p) for p in written))
 
@@ -424,7 +448,7 @@ def experiment(name, config_file, models, dataset, images, seed, out, batch_size
               help="A folder of images (one subfolder per class, or unlabelled), or a CSV of path,label.")
 @click.option("--count", default=8, type=click.IntRange(min=1), help="How many images to audit with.")
 @click.option("--out", default=None, help="Report folder (default reports/audit-<model>).")
-@click.option("--seed", default=DEFAULT_SEED, help="Seed of every random draw.")
+@click.option("--seed", default=DEFAULT_SEED, type=click.IntRange(min=0), help="Seed of every random draw.")
 @card_options
 @user_errors
 def audit(model, images, count, out, seed, **card_facts):
@@ -433,7 +457,8 @@ def audit(model, images, count, out, seed, **card_facts):
     from harness.audit import run_audit
 
     card_file = card_facts.pop("card_file")
-    report, checks = run_audit(model, images, out or Path("reports") / f"audit-{Path(model).stem}",
+    out = writable_dir(out or Path("reports") / f"audit-{Path(model).stem}", "--out")
+    report, checks = run_audit(model, images, out,
                                _card_overrides(**card_facts), card_file=card_file, count=count, seed=seed)
     for check in checks:
         click.echo(f"{check.verdict:8} {check.name}: {check.detail}")
@@ -456,12 +481,7 @@ def mutual_information_command(image, explanation, estimator, signed, as_json):
 
     from harness.metrics.certainty import mutual_information
 
-    arrays = []
-    for path in (image, explanation):
-        try:
-            arrays.append(np.load(path, allow_pickle=False))
-        except (OSError, ValueError) as error:
-            raise HarnessError(f"{path} is not a readable .npy array ({error})") from None
+    arrays = [read_npy(image, "IMAGE array"), read_npy(explanation, "EXPLANATION array")]
     x, z = (a[0] if a.ndim == 4 and a.shape[0] == 1 else a for a in arrays)
     if x.ndim != 3 or z.ndim != 3 or z.shape[1:] != x.shape[1:] or z.shape[0] not in (1, x.shape[0]):
         raise HarnessError(f"the arrays must be (C, H, W) and (C or 1, H, W) of the same H, W; got "
@@ -484,7 +504,7 @@ DEMO_METHODS = ("vanilla", "smoothgrad", "ig", "guided-ig", "suppression", "blur
 @main.command()
 @click.option("--out", default=str(DEMO_OUT), help="Run directory.")
 @click.option("--images", type=click.IntRange(min=1), default=12, help="Images per model.")
-@click.option("--seed", default=DEFAULT_SEED, help="Seed of every random draw.")
+@click.option("--seed", default=DEFAULT_SEED, type=click.IntRange(min=0), help="Seed of every random draw.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def demo(out, images, seed, quiet):
@@ -497,6 +517,7 @@ def demo(out, images, seed, quiet):
     from harness.model_card import read_card
     from harness.onnx_io import load_model
 
+    writable_dir(out, "--out")
     default = load_model(BUNDLED_DEFAULT)
     check = _gradient_check(default, read_card(default, BUNDLED_DEFAULT), 8, 4, DEFAULT_TOLERANCE, None, seed)
     _print_check(BUNDLED_DEFAULT.name, check, as_json=False)

@@ -40,25 +40,34 @@ def _model_input(pixels: np.ndarray, facts: dict) -> np.ndarray:
 
 
 def gallery(store, run_dir: Path) -> dict[str, str]:
-    """Per model: rows of images; the input, then each method's heatmap ("bwr", min-max normalised), first as
-    is and then × input. Returns {model: path relative to ``run_dir``}."""
+    """Per model of the store's latest run: rows of images; the input, then each method's heatmap ("bwr",
+    min-max normalised), first as is and then × input. Returns {model: path relative to ``run_dir``}."""
     plt = pyplot()
-    inputs = {(m, img): a for m, _, img, _, a in store.arrays("input")}
-    maps: dict = defaultdict(lambda: defaultdict(dict))
-    for model, method, image, _, array in store.arrays("map"):
-        maps[model][image][method] = array
+    selection = store.latest_run() or []
+    wanted = {(s["model_key"], s["method"], s["parameters"], s["seed"]): s for s in selection}
+    seeds = {s["model_key"]: s["seed"] for s in selection}
+    inputs = {(m, img): a for m, _, _, img, seed, a in store.arrays("input") if seeds.get(m) == seed}
+    maps: dict = defaultdict(lambda: defaultdict(dict))     # model name -> image name -> method -> map
+    keys, cards = {}, {}
+    for model_key, method, parameters, image_key, seed, array in store.arrays("map"):
+        chosen = wanted.get((model_key, method, parameters, seed))
+        if chosen is None or image_key not in chosen["images"]:
+            continue
+        name = chosen["images"][image_key]
+        maps[chosen["model"]][name][method] = array
+        keys[(chosen["model"], name)] = (model_key, image_key)
+        cards[chosen["model"]] = (store.fact(f"model:{model_key}") or {}).get("card", {})
     written = {}
-    configured = (store.fact("config") or {}).get("methods", [])
+    configured = list(dict.fromkeys(s["method"] for s in selection))
     for model, per_image in maps.items():
-        card = (store.fact(f"model:{model}") or {}).get("card", {})
+        card = cards[model]
         images = sorted(per_image)
-        present = {m for per_method in per_image.values() for m in per_method}
-        methods = [m for m in configured if m in present] + sorted(present - set(configured))
+        methods = [m for m in configured if any(m in per_method for per_method in per_image.values())]
         columns = 1 + 2 * len(methods)
         figure, axes = plt.subplots(len(images), columns, figsize=(1.3 * columns, 1.4 * len(images)),
                                     squeeze=False)
         for r, image in enumerate(images):
-            pixels = inputs.get((model, image))
+            pixels = inputs.get(keys[(model, image)])
             x = None if pixels is None else _model_input(pixels, card)
             panels = [("image", None if pixels is None else image_rgb(pixels))]
             panels += [(m, heatmap_rgb(per_image[image][m]) if m in per_image[image] else None) for m in methods]
@@ -71,7 +80,7 @@ def gallery(store, run_dir: Path) -> dict[str, str]:
                     axis.imshow(panel, interpolation="nearest")
                 if r == 0:
                     axis.set_title(title, fontsize=7)
-        relative = f"{FIGURES_DIR}/gallery-{model}.png"
+        relative = f"{FIGURES_DIR}/gallery-{model.replace('/', '-')}.png"
         save_figure(figure, run_dir / relative)
         written[model] = relative
     return written

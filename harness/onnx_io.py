@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from harness.errors import ModelLoadError, first_line
+from harness.errors import HarnessError, ModelLoadError, first_line
 
 MAX_IR_VERSION = 10  # the newest IR that every supported onnxruntime release accepts
 
@@ -48,8 +48,11 @@ def runnable(model: onnx.ModelProto) -> onnx.ModelProto:
 def write_atomically(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: readers never see a partial file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise HarnessError(f"cannot write {path} ({error.strerror or error}): give a writable location") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -57,6 +60,9 @@ def write_atomically(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise HarnessError(f"cannot write {path} ({error.strerror or error}); nothing was written there") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -483,3 +483,17 @@ def test_explain_asks_only_for_the_facts_the_command_needs(tmp_path):
     given = invoke("explain", "--model", model, "--image", tmp_path / "black.png", "--pixel-range", 0, 1,
                    "--method", "vanilla", "-o", tmp_path / "z.npy")
     assert given.exit_code == 0, given.output
+
+
+@pytest.mark.parametrize("method", ["suppression", "ig"])
+def test_explain_is_bit_identical_at_every_batch_size_and_on_a_rerun(tmp_path, method):
+    """The batch size bounds memory, never the result (README, Reliability)."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).random((3, 64, 64), dtype=np.float32))
+    written = []
+    for run, batch in enumerate((1, 7, 64, 7)):
+        out = tmp_path / f"z{run}.npy"
+        result = invoke("explain", "--model", SHAPES_RESNET, "--tensor", tmp_path / "x.npy", "--method", method,
+                        "--batch-size", batch, "-o", out)
+        assert result.exit_code == 0, result.output
+        written.append(out.read_bytes())
+    assert len(set(written)) == 1

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from harness.leaderboard import RunConfig, run_leaderboard
-from harness.report import NORMALISED_MI, leaderboard_tables, write_report
+from harness.report import NORMALISED_MI, leaderboard_tables, selected_rows, write_report
 from harness.store import STORE_NAME, ResultsStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,9 +79,9 @@ def test_leaderboard_numbers_equal_a_direct_computation(tmp_path):
     from harness.leaderboard import ModelUnderTest
 
     model = ModelUnderTest(MODEL, config)
-    with ResultsStore(tmp_path) as store:
+    with ResultsStore(tmp_path, writable=False) as store:
         rows = {(r["method"], r["image"]): r["value"] for r in store.rows()}
-        tables = leaderboard_tables(store)
+        tables = leaderboard_tables(selected_rows(store)[0], store.path)
     for method in ("ig", "suppression"):
         # The same chunks as the run: ONNX Runtime's float rounding may differ with the batch's composition.
         z = np.concatenate([explain(model.runtime, model.x[c], method, labels=model.targets[c],
@@ -126,3 +126,151 @@ def test_config_keys_mirror_options_and_the_command_line_wins(tmp_path):
 
     with pytest.raises(HarnessError, match="unknown keys imagez"):
         RunConfig.load(path)
+
+
+# -- identity of results -------------------------------------------------------------------------------------
+DIGITS = ROOT / "exported_models" / "digits_cnn.onnx"
+
+
+def small_run(out: Path, models, **overrides) -> RunConfig:
+    values = {"models": [str(m) for m in models], "methods": ["vanilla", "suppression"], "metrics": ["mi"],
+              "images": 3, "out": str(out), **overrides}
+    return RunConfig.load(None, **values)
+
+
+def reported(out: Path) -> dict:
+    """{(model, method): [values]} of the rows the report shows."""
+    with ResultsStore(out, writable=False) as store:
+        rows, others = selected_rows(store)
+    shown: dict = {}
+    for row in rows:
+        shown.setdefault((row["model"], row["method"]), []).append(row["value"])
+    return {"rows": shown, "others": others, "parameters": {r["method"]: r["parameters"] for r in rows}}
+
+
+def other_weights(path: Path) -> Path:
+    """The digits CNN with noise added to its first convolution's weights (a uniform scale would leave MI,
+    which is rank-based, unchanged)."""
+    import onnx
+
+    model = onnx.load(str(DIGITS))
+    weights = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    original = onnx.numpy_helper.to_array(weights)
+    noise = np.random.default_rng(0).standard_normal(original.shape).astype(np.float32)
+    changed = original + np.float32(0.5) * original.std() * noise
+    weights.CopyFrom(onnx.numpy_helper.from_array(changed, weights.name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_changed_method_parameter_computes_new_rows_and_the_report_shows_only_them(tmp_path):
+    run_leaderboard(small_run(tmp_path, [DIGITS]), quiet=True)
+    before = reported(tmp_path)
+    changed = small_run(tmp_path, [DIGITS], method_parameters={"suppression": {"p": 0.3}})
+    run_leaderboard(changed, quiet=True)
+    after = reported(tmp_path)
+    assert '"p":0.3' in after["parameters"]["suppression"] and '"p":0.7' in before["parameters"]["suppression"]
+    assert after["rows"][("digits_cnn", "suppression")] != before["rows"][("digits_cnn", "suppression")]
+    assert after["rows"][("digits_cnn", "vanilla")] == before["rows"][("digits_cnn", "vanilla")]   # reused
+    assert [(o["method"], '"p":0.7' in o["parameters"], o["rows"]) for o in after["others"]] == [
+        ("suppression", True, 3)]
+    write_report(tmp_path)
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    assert "Other configurations in this store" in markdown and "p=0.7" in markdown
+
+
+def test_a_replaced_model_file_computes_new_rows(tmp_path):
+    model = tmp_path / "models" / "model.onnx"
+    model.parent.mkdir()
+    model.write_bytes(DIGITS.read_bytes())
+    run_leaderboard(small_run(tmp_path / "run", [model]), quiet=True)
+    before = reported(tmp_path / "run")
+    other_weights(model)
+    run_leaderboard(small_run(tmp_path / "run", [model]), quiet=True)
+    after = reported(tmp_path / "run")
+    assert after["rows"][("model", "vanilla")] != before["rows"][("model", "vanilla")]
+    assert {o["rows"] for o in after["others"]} == {3} and len(after["others"]) == 2   # the old model's rows
+
+
+def test_models_of_the_same_file_name_get_distinct_names_and_their_own_rows(tmp_path):
+    first, second = tmp_path / "a" / "model.onnx", tmp_path / "b" / "model.onnx"
+    first.parent.mkdir()
+    first.write_bytes(DIGITS.read_bytes())
+    other_weights(second)
+    run_leaderboard(small_run(tmp_path / "run", [first, second]), quiet=True)
+    shown = reported(tmp_path / "run")["rows"]
+    assert {model for model, _ in shown} == {"a/model", "b/model"}
+    assert shown[("a/model", "vanilla")] != shown[("b/model", "vanilla")]
+    with ResultsStore(tmp_path / "run", writable=False) as store:
+        paths = {store.fact(f"model:{k}")["path"] for k in {r["model_key"] for r in store.rows()}}
+    assert paths == {str(first), str(second)}
+
+
+def test_a_rerun_that_finds_everything_stored_builds_no_runtime(tmp_path, monkeypatch):
+    config = small_run(tmp_path, [DIGITS])
+    run_leaderboard(config, quiet=True)
+    rows = stored_rows(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a runtime was built for a finished run")
+
+    monkeypatch.setattr("harness.leaderboard.GradientRuntime.from_card", refuse)
+    run_leaderboard(config, quiet=True)
+    assert stored_rows(tmp_path) == rows
+
+
+def test_a_run_that_fails_before_its_first_result_leaves_no_store(tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "x.png").write_bytes(b"broken")
+    out = tmp_path / "existing"
+    out.mkdir()
+    from harness.errors import HarnessError
+
+    with pytest.warns(UserWarning), pytest.raises(HarnessError, match="no usable images"):
+        run_leaderboard(small_run(out, [DIGITS], dataset=str(folder)), quiet=True)
+    assert [p.name for p in out.iterdir()] == [".harness-run.lock"] and not (tmp_path / "fresh").exists()
+
+
+# -- faults ---------------------------------------------------------------------------------------------------
+def test_a_full_disk_is_a_clear_error_and_the_store_stays_intact(tmp_path):
+    """The file-size limit (RLIMIT_FSIZE) makes every write beyond it fail as a full disk does, on any machine
+    and without privileges; the store keeps whole chunks only, and a rerun with space completes it."""
+    import resource
+
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "run.toml", out)
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (96 * 1024, 96 * 1024))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    result = subprocess.run([*CLI, "leaderboard", "--config", config, "--quiet"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=small_files)
+    assert result.returncode == 2, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert "no space left" in result.stderr or "cannot write" in result.stderr, result.stderr
+    partial = stored_rows(out)
+    assert len(partial) % 2 == 0 and len(partial) < 72
+    with sqlite3.connect(out / STORE_NAME) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    subprocess.run([*CLI, "leaderboard", "--config", config, "--quiet"], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert len(stored_rows(out)) == 3 * 24
+
+
+def test_a_second_concurrent_run_is_refused_and_the_first_completes(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    config = write_config(tmp_path / "run.toml", out)
+    first = subprocess.Popen([*CLI, "leaderboard", "--config", config, "--quiet"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / STORE_NAME).exists():
+        time.sleep(0.05)
+    second = subprocess.run([*CLI, "leaderboard", "--config", config, "--quiet"], env=env, capture_output=True,
+                            text=True)
+    assert first.wait(timeout=300) == 0
+    assert second.returncode == 2 and f"another harness run (pid {first.pid}" in second.stderr, second.stderr
+    assert len(stored_rows(out)) == 3 * 24

@@ -42,7 +42,7 @@ def resolve_targets(runtime, x: np.ndarray, labels=None, classes=None, top_k: in
         targets = np.argsort(-logits, axis=1, kind="stable")[:, : (top_k or 1)]
     targets = np.ascontiguousarray(targets)
     if num_classes is not None and (targets.min() < 0 or targets.max() >= num_classes):
-        raise HarnessError(f"target classes must be in 0..{num_classes - 1}, got {sorted(set(targets.ravel()))}")
+        raise HarnessError(f"target classes must be in 0..{num_classes - 1}, got {sorted({int(t) for t in targets.ravel()})}")
     return targets
 
 

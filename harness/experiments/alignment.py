@@ -35,12 +35,12 @@ def run(config, quiet: bool = False) -> list[Path]:
     from tqdm.auto import tqdm
 
     from harness.attribution.engine import image_rng
-    from harness.leaderboard import ModelUnderTest
+    from harness.leaderboard import ModelUnderTest, model_names
 
     out = Path(config.out) / "experiments"
     rows, written = [], []
-    for model_path in config.models:
-        model = ModelUnderTest(model_path, config, expose_embedding=True)
+    for model_path, name in zip(config.models, model_names(config.models)):
+        model = ModelUnderTest(model_path, config, name, expose_embedding=True)
 
         def embed(points: np.ndarray) -> np.ndarray:
             return model.runtime.forward_tensor(points, model.card.embedding).reshape(len(points), -1)
@@ -64,7 +64,7 @@ def run(config, quiet: bool = False) -> list[Path]:
                          "centre_distance_to_natural": float(np.linalg.norm(centres[group] - centres["natural"])),
                          "mean_cosine_to_natural_mean": float(cosine.mean())})
         written.append(_figure(model.name, projection, bounds, list(embeddings), centres,
-                               out / f"alignment-{model.name}.png"))
+                               out / f"alignment-{model.name.replace('/', '-')}.png"))
     csv_path = out / "alignment.csv"
     write_csv(csv_path, rows)
     return [csv_path, *written]

@@ -18,12 +18,12 @@ def run(config, quiet: bool = False) -> list[Path]:
 
     from harness.attribution.engine import image_rng
     from harness.attribution.samplers import Suppression
-    from harness.leaderboard import ModelUnderTest
+    from harness.leaderboard import ModelUnderTest, model_names
 
     out = Path(config.out) / "experiments"
     rows, written = [], []
-    for model_path in config.models:
-        model = ModelUnderTest(model_path, config)
+    for model_path, name in zip(config.models, model_names(config.models)):
+        model = ModelUnderTest(model_path, config, name)
         droppers = {keep: Suppression(samples=1, p=1 - keep) for keep in KEEP_RATIOS}
         dropped = {keep: np.stack([dropper.draw(x, image_rng(config.seed, x), model.context).points[0]
                                    for x in model.x]) for keep, dropper in droppers.items()}
@@ -34,7 +34,7 @@ def run(config, quiet: bool = False) -> list[Path]:
                                                                        model.targets].mean()),
                          "accuracy": float((probabilities.argmax(1) == model.targets).mean()),
                          "images": len(points)})
-        written.append(_figure(model, dropped, out / f"dropping-{model.name}.png"))
+        written.append(_figure(model, dropped, out / f"dropping-{model.name.replace('/', '-')}.png"))
     csv_path = out / "dropping.csv"
     write_csv(csv_path, rows)
     return [csv_path, *written]

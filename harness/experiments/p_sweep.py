@@ -23,14 +23,14 @@ def run(config, quiet: bool = False, samples: int = 20) -> list[Path]:
 
     from harness.attribution import get_method
     from harness.attribution.engine import aggregate_samples
-    from harness.leaderboard import ModelUnderTest
+    from harness.leaderboard import ModelUnderTest, model_names
     from harness.metrics import get_metric
 
     mi = get_metric("mi")
     out = Path(config.out) / "experiments"
     rows = []
-    for model_path in config.models:
-        model = ModelUnderTest(model_path, config)
+    for model_path, name in zip(config.models, model_names(config.models)):
+        model = ModelUnderTest(model_path, config, name)
         targets = model.targets[:, None]
         for p in tqdm(P_VALUES, desc=f"p-sweep {model.name}", disable=quiet):
             sampler = get_method("suppression", p=p, samples=samples).sampler
