@@ -207,17 +207,20 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
             if not any(todo.values()):
                 continue
             bar = tqdm(total=len(methods) * len(model.data), desc=model.name, disable=quiet, unit="image")
-            with store.transaction():   # the model's facts and its gallery's input images
-                record_run()
-                store.set_fact(f"model:{model.key}", model.facts())
-                for i in range(min(config.gallery, len(model.data))):
-                    store.add_array("input", model.key, "", "", model.image_keys[i], config.seed, model.pixels(i))
+            introduced = False    # the run, the model's facts and its gallery inputs land with its first rows
             for method_name, method in methods.items():
                 bar.update(len(model.data) - len(todo[method_name]))
                 for start in range(0, len(todo[method_name]), config.chunk):
                     chunk = np.asarray(todo[method_name][start:start + config.chunk])
                     values, maps = model.evaluate(method, chunk, applicable)
                     with store.transaction():
+                        if not introduced:
+                            record_run()
+                            store.set_fact(f"model:{model.key}", model.facts())
+                            for i in range(min(config.gallery, len(model.data))):
+                                store.add_array("input", model.key, "", "", model.image_keys[i], config.seed,
+                                                model.pixels(i))
+                            introduced = True
                         store.add_results(model.name, model.key, method_name, parameters[method_name],
                                           config.seed, values)
                         for i, attribution in maps.items():

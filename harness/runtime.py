@@ -187,7 +187,10 @@ class GradientRuntime:
                 log.warning("rebuilding damaged cache entry %s", path.name)
         model = runnable(add_input_gradient(source, output=output, taps=taps, input=input, image_shape=image_shape))
         if use_cache:
-            write_atomically(path, model.SerializeToString())
+            try:
+                write_atomically(path, model.SerializeToString())
+            except HarnessError as error:   # a cache only saves time: a full or read-only one costs no result
+                log.warning("the gradient model was not cached (%s)", error)
         return model
 
     @staticmethod

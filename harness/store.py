@@ -114,13 +114,14 @@ def _named(path: Path, doing: str):
     try:
         yield
     except sqlite3.DatabaseError as error:
-        text = str(error)
-        if "full" in text:
-            raise StoreError(f"no space left to write the results store {path}: free some space and rerun; "
-                             "the rows stored before are intact and the run resumes from them") from None
-        if "readonly" in text or "read-only" in text or "unable to open" in text:
+        text, code = str(error), getattr(error, "sqlite_errorname", "") or ""
+        if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or "full" in text:
+            raise StoreError(f"could not write the results store {path} ({text}: the disk is full or failing) "
+                             f"while {doing}: free some space and rerun; the rows stored before are intact and "
+                             "the run resumes from them") from None
+        if code.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")):
             raise StoreError(f"cannot write the results store {path} ({text}): give a writable --out") from None
-        if "locked" in text or "busy" in text:
+        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
             raise StoreError(f"the results store {path} is locked by another program ({text})") from None
         raise StoreError(f"the results store {path} is damaged ({text}) while {doing}; it was not changed "
                          "further: give another --out") from None
@@ -200,16 +201,19 @@ class ResultsStore:
         """The store file, made whole under a temporary name and renamed into place."""
         partial = self.run_dir / f".{STORE_NAME}.partial"
         partial.unlink(missing_ok=True)
-        with _named(self.path, "creating it"):
-            connection = sqlite3.connect(partial)
-            try:
-                connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                connection.executescript(SCHEMA)
-                connection.commit()
-            finally:
-                connection.close()
-            os.replace(partial, self.path)
+        try:
+            with _named(self.path, "creating it"):
+                connection = sqlite3.connect(partial)
+                try:
+                    connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    connection.executescript(SCHEMA)
+                    connection.commit()
+                finally:
+                    connection.close()
+                os.replace(partial, self.path)
+        finally:
+            partial.unlink(missing_ok=True)
         self._connect()
 
     def _writer(self) -> sqlite3.Connection:
