@@ -21,7 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from harness import DEFAULT_SEED
-from harness.onnx_io import write_atomically
+from harness.attribution import explain
+from harness.data.folders import SkippedFileWarning
+from harness.errors import ModelCardError
+from harness.gradcheck import check_gradient
+from harness.metrics import get_metric
+from harness.metrics.certainty import REFERENCE_METHOD, normalised_to_reference
+from harness.metrics.randomisation import (parameterised_layers, random_logit_attributions, random_logit_similarity,
+                                           randomise_layers, similarity)
+from harness.onnx_io import load_model, write_atomically
+from harness.runtime import GradientRuntime
+from harness.subject import ModelUnderTest
 
 AUDIT_METHODS = ("vanilla", "smoothgrad", "ig", "suppression")
 SANITY_METHODS = ("vanilla", "suppression")
@@ -42,43 +52,37 @@ def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_
               methods=AUDIT_METHODS) -> tuple[Path, list[Check]]:
     """Run every check on ``model_path`` with up to ``count`` images from ``images``; write
     ``<out>/audit.html``. Returns the report's path and the checks."""
-    from harness.model_card import ModelCardError, read_card
-    from harness.onnx_io import load_model
-
-    proto = load_model(model_path)
+    load_model(model_path)    # an unreadable model is bad input (exit 2), not a failed check
     checks: list[Check] = []
     try:
-        card = read_card(proto, model_path=model_path, sidecar=card_file, overrides=card_facts or {})
-        card.require("preprocessing", why="to audit the model on images")
-        preprocessing = card.preprocessing
-        checks.append(Check("model card", "PASS",
-                            f"{card.layout or 'NCHW'} {list(card.input_size)}, "
-                            f"{'class indices' if card.labels is None else f'{card.num_classes} labels'}, "
-                            f"pixel range {list(preprocessing.pixel_range)}, mean {list(preprocessing.mean)}, std "
-                            f"{list(preprocessing.std)}, {preprocessing.channel_order}"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SkippedFileWarning)
+            subject = ModelUnderTest(model_path, dataset=images, images=count, seed=seed, card_file=card_file,
+                                     card_overrides=card_facts or {})
+            context = subject.context     # a folder read again for references warns inside this block too
     except ModelCardError as error:
         checks.append(Check("model card", "FAIL", str(error)))
         return _write(out, model_path, checks + _skipped("the model card is incomplete")), checks
-
-    data, skipped = _load_images(images, card, count)
+    card, data, x, runtime = subject.card, subject.data, subject.x, subject.runtime
+    preprocessing = card.preprocessing
+    checks.append(Check("model card", "PASS",
+                        f"{card.layout or 'NCHW'} {list(card.input_size)}, "
+                        f"{'class indices' if card.labels is None else f'{card.num_classes} labels'}, "
+                        f"pixel range {list(preprocessing.pixel_range)}, mean {list(preprocessing.mean)}, std "
+                        f"{list(preprocessing.std)}, {preprocessing.channel_order}"))
+    skipped = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, SkippedFileWarning)))
     checks.append(Check("images", "PASS" if not skipped else "WARN",
                         f"{len(data)} images loaded" + (f"; skipped: {'; '.join(skipped)}" if skipped else "")))
-    from harness.attribution import Context, explain, labels_or_predictions
-    from harness.runtime import GradientRuntime
-
-    x = card.to_model(data.images)
-    runtime = GradientRuntime.from_card(proto, card)
-    labels, predicted = labels_or_predictions(runtime, x, data.labels)
+    labels, predicted = subject.targets, subject.predictions
     if (data.labels >= 0).any():
         known = data.labels >= 0
         accuracy = float((predicted[known] == data.labels[known]).mean())
         checks.append(Check("accuracy", "INFO", f"top-1 {accuracy:.1%} on the {int(known.sum())} labelled images"))
     checks.append(_gradient_check(runtime, x, labels, seed))
-    context = Context.from_card(card, references=x)
     explanations = {m: explain(runtime, x, m, labels=labels, context=context, seed=seed)
                     for m in dict.fromkeys((*methods, *SANITY_METHODS))}
     checks.append(_certainty(x, explanations, methods))
-    checks += _sanity(proto, runtime, x, labels, context, seed, explanations)
+    checks += _sanity(subject.proto, runtime, x, labels, context, seed, explanations)
     return _write(out, model_path, checks), checks
 
 
@@ -87,22 +91,9 @@ def _skipped(reason: str) -> list[Check]:
             ("images", "gradient graph", "explanation certainty", "parameter randomisation", "random logit")]
 
 
-def _load_images(images, card, count):
-    from harness.data import load_dataset
-    from harness.data.folders import SkippedFileWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedFileWarning)
-        data = load_dataset(images, card, n=count)
-    skipped = [str(w.message) for w in caught if issubclass(w.category, SkippedFileWarning)]
-    return data, skipped
-
-
 def _gradient_check(runtime, x, labels, seed) -> Check:
     """Finite differences at the first four audit images, with the model's kinks frozen there (ties in flat
     image regions included), as :mod:`harness.gradcheck` describes."""
-    from harness.gradcheck import check_gradient
-
     result = check_gradient(runtime, x[:4], classes=labels[:4], seed=seed)
     verdict = {"pass": "PASS", "fail": "FAIL", "inconclusive": "WARN"}[result.verdict]
     detail = (f"relative L2 error {result.relative_error:.2e} of the gradient of {result.checked!r} against central "
@@ -112,13 +103,10 @@ def _gradient_check(runtime, x, labels, seed) -> Check:
 
 
 def _certainty(x, explanations: dict, methods) -> Check:
-    from harness.metrics import get_metric
-    from harness.metrics.certainty import normalised_to_reference
-
     mi = get_metric("mi")
     values = {m: mi(images=x, attributions=explanations[m]) for m in methods}
     means = {m: float(np.nanmean(v)) for m, v in values.items()}
-    ratios = normalised_to_reference(values) if "ig" in values else {}
+    ratios = normalised_to_reference(values) if REFERENCE_METHOD in values else {}
     table = [{"method": m, "mi (nats)": f"{v:.4f}", "mi / ig": f"{ratios[m]:.3f}" if m in ratios else "–"}
              for m, v in means.items()]
     best = max(means, key=means.get)
@@ -128,11 +116,6 @@ def _certainty(x, explanations: dict, methods) -> Check:
 def _sanity(proto, runtime, x, labels, context, seed, explanations: dict) -> list[Check]:
     """Parameter randomisation (every parameterised layer re-drawn at once, Adebayo et al. 2018) and the random-
     logit check, for each sanity method; similarity by SSIM of the min-max scaled |maps|."""
-    from harness.attribution import explain
-    from harness.metrics.randomisation import (parameterised_layers, random_logit_attributions,
-                                               random_logit_similarity, randomise_layers, similarity)
-    from harness.runtime import GradientRuntime
-
     randomised = GradientRuntime(randomise_layers(proto, parameterised_layers(proto), seed), use_cache=False,
                                  layout=runtime.layout)
     parameter_rows, logit_rows = [], []
@@ -182,11 +165,3 @@ def _write(out, model_path, checks: list[Check]) -> Path:
     path = Path(out) / "audit.html"
     write_atomically(path, "".join(parts).encode())
     return path
-
-
-def verdict_counts(checks: list[Check]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for check in checks:
-        counts[check.verdict] = counts.get(check.verdict, 0) + 1
-    return counts
-

@@ -19,21 +19,38 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+import numpy as np
+from onnx import helper
 
 from harness import DEFAULT_SEED, __version__
+from harness.attribution import Context, explain as explain_images, get_method
+from harness.attribution.gradcam import guess_cam_layer
+from harness.audit import run_audit
+from harness.bundled import DEFAULT_MODEL
+from harness.data import load_dataset
+from harness.data.folders import read_image
 from harness.errors import HarnessError
+from harness.experiments import get_experiment
+from harness.feeding import ImageAdapter, build_gradient_model
 from harness.files import read_npy, writable_dir, writable_file
-from harness.gradcheck import DEFAULT_TOLERANCE
+from harness.gradcheck import DEFAULT_TOLERANCE, check_gradient
+from harness.gradients.builder import preparation_notes
+from harness.leaderboard import RunConfig, run_leaderboard
+from harness.metrics.certainty import mutual_information
+from harness.model_card import ModelCardError, read_card
+from harness.onnx_io import load_model, write_atomically
+from harness.report import write_report
+from harness.runtime import GradientRuntime
+from harness.visual import save_side_by_side
 
 BAD_INPUT_EXIT = 2
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}  # the user's to fix
+# Conditions of the machine that the user fixes (space, permissions), not bugs of the harness.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 CHECK_EXIT = {"pass": 0, "fail": 1, "inconclusive": 3}   # harness check: bad input exits 2 like everywhere
-BUNDLED_DEFAULT = Path(__file__).resolve().parent.parent / "exported_models" / "digits_cnn.onnx"
 
 
 def user_errors(command):
     """Turn HarnessError into a one-paragraph message and exit code 2."""
-
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -122,8 +139,6 @@ def _card_overrides(input_name=None, layout=None, input_size=None, mean=(), std=
 def _read_card(proto, model, card_file=None, input_alias=None, **card_facts):
     """The model's card from its metadata, sidecar and the card options; ``input_alias`` is a command's own
     ``--input``, the same fact as ``--input-name``."""
-    from harness.model_card import read_card
-
     if input_alias is not None:
         if card_facts.get("input_name") not in (None, input_alias):
             raise HarnessError(f"--input {input_alias!r} and --input-name {card_facts['input_name']!r} disagree")
@@ -139,7 +154,8 @@ OUTPUT_OPTION = click.option("--output", default=None,
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the gradient model.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the gradient model.")
 @OUTPUT_OPTION
 @INPUT_OPTION
 @click.option("--tap", "taps", multiple=True, help="Intermediate tensor to expose with its gradient (repeatable).")
@@ -147,17 +163,14 @@ OUTPUT_OPTION = click.option("--output", default=None,
 @user_errors
 def gradgraph(model, out, output, input_alias, taps, **card_facts):
     """Write MODEL with an input-gradient graph added (inputs: image, grad_seed; outputs: logits, input_grad)."""
-    from harness.gradients.builder import preparation_notes
-    from harness.onnx_io import load_model, write_atomically
-    from harness.feeding import build_gradient_model
-
     writable_file(out, "-o")
     proto = load_model(model)
     card = _read_card(proto, model, input_alias=input_alias, **card_facts)
     grad_model = build_gradient_model(proto, card, output=output, taps=taps)
     write_atomically(out, grad_model.SerializeToString())
-    click.echo(f"wrote {out}: {len(grad_model.graph.node)} nodes; inputs "
-               f"{[i.name for i in grad_model.graph.input if i.name not in {t.name for t in grad_model.graph.initializer}]}, "
+    weights = {t.name for t in grad_model.graph.initializer}
+    inputs = [i.name for i in grad_model.graph.input if i.name not in weights]
+    click.echo(f"wrote {out}: {len(grad_model.graph.node)} nodes; inputs {inputs}, "
                f"outputs {[o.name for o in grad_model.graph.output]}")
     for note in preparation_notes(grad_model):
         click.echo(f"  prepared: {note}")
@@ -172,11 +185,6 @@ def gradgraph(model, out, output, input_alias, taps, **card_facts):
 def inspect(model, output, as_json, **card_facts):
     """Print MODEL's inputs, outputs, opsets, op histogram, its model card, and whether the gradient pass takes
     it (the same preparation and checks as gradgraph: what it would change, or why it refuses)."""
-    from harness.gradients.builder import preparation_notes
-    from harness.model_card import ModelCardError
-    from harness.onnx_io import load_model
-    from harness.feeding import build_gradient_model
-
     proto = load_model(model)
     initializers = {t.name for t in proto.graph.initializer}
     histogram = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
@@ -260,15 +268,14 @@ def _print_inspection(report: dict) -> None:
 @click.option("--tolerance", default=DEFAULT_TOLERANCE, help="Largest accepted relative L2 error.")
 @OUTPUT_OPTION
 @INPUT_OPTION
-@click.option("--seed", default=DEFAULT_SEED, type=click.IntRange(min=0), help="Seed of the random inputs and directions.")
+@click.option("--seed", default=DEFAULT_SEED, type=click.IntRange(min=0),
+              help="Seed of the random inputs and directions.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @card_options
 @user_errors
 def check(model, images, directions, tolerance, output, input_alias, seed, as_json, **card_facts):
     """Check MODEL's gradient graph against finite differences on random inputs; exit 0 on a pass, 1 on a
     failure, 3 when the comparison is inconclusive."""
-    from harness.onnx_io import load_model
-
     proto = load_model(model)
     card = _read_card(proto, model, input_alias=input_alias, **card_facts)
     result = _gradient_check(proto, card, images, directions, tolerance, output, seed)
@@ -309,12 +316,7 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
             times_input, seed, batch_size, out, png, **card_facts):
     """Explain one image: write its attribution (float32, the input's shape C x H x W; 1 x H x W for
     Grad-CAM) to OUT."""
-    import numpy as np
 
-    from harness.attribution import Context, explain as explain_images, get_method
-    from harness.data import load_dataset
-    from harness.onnx_io import load_model, write_atomically
-    from harness.runtime import GradientRuntime
 
     if (image is None) == (tensor is None):
         raise HarnessError("give exactly one of --image and --tensor")
@@ -327,7 +329,6 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
     card = _read_card(proto, model, **card_facts)
     pixels = None
     if image is not None:
-        from harness.data.folders import read_image
 
         card.require("preprocessing", why="to read --image")
         card.require("input_size", why="to read --image at the model's size")
@@ -344,7 +345,6 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
         refs = card.to_model(load_dataset(references, card, n=64, seed=seed).images)
     taps = ()
     if chosen.aggregator == "grad-cam":
-        from harness.attribution.gradcam import guess_cam_layer
 
         taps = (layer or guess_cam_layer(proto),)
     runtime = GradientRuntime.from_card(proto, card, max_batch=batch_size, taps=taps)
@@ -356,15 +356,12 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
     np.save(buffer, attribution.astype(np.float32))
     write_atomically(out, buffer.getvalue())
     if png:
-        from harness.visual import save_side_by_side
 
         save_side_by_side(png, pixels, attribution)
     click.echo(f"{chosen.name} attribution {list(attribution.shape)} written to {out}" + (f" and {png}" if png else ""))
 
 
 def _load_tensor(path: str, input_size) -> "np.ndarray":
-    import numpy as np
-
     x = read_npy(path, "--tensor")
     if x.ndim == 3:
         x = x[None]
@@ -385,7 +382,8 @@ def run_options(command):
         click.option("--dataset", default=None,
                      help="shapes, shapes-multi, shapes-grid, digits, a folder or a CSV (default: each model's own)."),
         click.option("--images", type=click.IntRange(min=1), default=None, help="Images per model (default 16)."),
-        click.option("--seed", type=click.IntRange(min=0), default=None, help=f"Seed of every random draw (default {DEFAULT_SEED})."),
+        click.option("--seed", type=click.IntRange(min=0), default=None,
+                     help=f"Seed of every random draw (default {DEFAULT_SEED})."),
         click.option("--out", default=None, help="Run directory (default reports/run)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Largest runtime batch."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
@@ -402,9 +400,6 @@ def run_options(command):
 @user_errors
 def leaderboard(config_file, models, dataset, images, seed, out, batch_size, quiet, methods, metrics):
     """Run models x methods x images x metrics into OUT's results store (resumable), then write the reports."""
-    from harness.leaderboard import RunConfig, run_leaderboard
-    from harness.report import write_report
-
     config = RunConfig.load(config_file, models=list(models) or None, methods=list(methods) or None,
                             metrics=list(metrics) or None, dataset=dataset, images=images, seed=seed, out=out,
                             batch_size=batch_size)
@@ -420,8 +415,6 @@ def leaderboard(config_file, models, dataset, images, seed, out, batch_size, qui
 @user_errors
 def report(run_dir):
     """Re-render RUN_DIR's reports (Markdown, HTML, CSV, JSON, figures) from its results store alone."""
-    from harness.report import write_report
-
     click.echo(f"report {write_report(run_dir)}")
 
 
@@ -431,9 +424,6 @@ def report(run_dir):
 @user_errors
 def experiment(name, config_file, models, dataset, images, seed, out, batch_size, quiet):
     """Run one of the papers' experiments (p-sweep, ...): its figure and its CSV go into OUT/experiments."""
-    from harness.experiments import get_experiment
-    from harness.leaderboard import RunConfig
-
     run = get_experiment(name)
     config = RunConfig.load(config_file, models=list(models) or None, dataset=dataset, images=images, seed=seed,
                             out=out, batch_size=batch_size)
@@ -454,8 +444,6 @@ def experiment(name, config_file, models, dataset, images, seed, out, batch_size
 def audit(model, images, count, out, seed, **card_facts):
     """Audit a deployed MODEL: model card, gradient graph vs finite differences, explanation certainty per
     method, randomisation sanity checks; one HTML report with a verdict per check. Exit 1 when a check fails."""
-    from harness.audit import run_audit
-
     card_file = card_facts.pop("card_file")
     out = writable_dir(out or Path("reports") / f"audit-{Path(model).stem}", "--out")
     report, checks = run_audit(model, images, out,
@@ -477,9 +465,7 @@ def audit(model, images, count, out, seed, **card_facts):
 def mutual_information_command(image, explanation, estimator, signed, as_json):
     """Print the mutual information I(x; z) in nats between IMAGE and EXPLANATION (.npy arrays (C, H, W);
     the explanation may have one channel)."""
-    import numpy as np
 
-    from harness.metrics.certainty import mutual_information
 
     arrays = [read_npy(image, "IMAGE array"), read_npy(explanation, "EXPLANATION array")]
     x, z = (a[0] if a.ndim == 4 and a.shape[0] == 1 else a for a in arrays)
@@ -510,17 +496,12 @@ DEMO_METHODS = ("vanilla", "smoothgrad", "ig", "guided-ig", "suppression", "blur
 def demo(out, images, seed, quiet):
     """The main job on the bundled models: check the default's gradient graph against finite differences,
     run a leaderboard of every named method on generated data, run the papers' experiments, write the report."""
-    from harness.experiments import get_experiment
-    from harness.leaderboard import RunConfig, run_leaderboard
-    from harness.report import write_report
 
-    from harness.model_card import read_card
-    from harness.onnx_io import load_model
 
     writable_dir(out, "--out")
-    default = load_model(BUNDLED_DEFAULT)
-    check = _gradient_check(default, read_card(default, BUNDLED_DEFAULT), 8, 4, DEFAULT_TOLERANCE, None, seed)
-    _print_check(BUNDLED_DEFAULT.name, check, as_json=False)
+    default = load_model(DEFAULT_MODEL)
+    check = _gradient_check(default, read_card(default, DEFAULT_MODEL), 8, 4, DEFAULT_TOLERANCE, None, seed)
+    _print_check(DEFAULT_MODEL.name, check, as_json=False)
     if not check.passed:
         sys.exit(1)
     config = RunConfig.load(None, images=images, seed=seed, out=out, methods=list(DEMO_METHODS))
@@ -537,11 +518,7 @@ def demo(out, images, seed, quiet):
 def _gradient_check(proto, card, images: int, directions: int, tolerance: float, output, seed: int):
     """Check the gradient model of ``proto`` on random inputs: random pixels through the card's preprocessing
     where it states one, else standard normal values in the model's input space."""
-    import numpy as np
 
-    from harness.gradcheck import check_gradient
-    from harness.feeding import ImageAdapter
-    from harness.runtime import GradientRuntime
 
     runtime = GradientRuntime.from_card(proto, card, output=output)
     rng = np.random.default_rng(seed)
@@ -574,8 +551,6 @@ def _print_check(name, result, as_json: bool) -> None:
 
 
 def _describe(value_info) -> dict:
-    from onnx import helper
-
     tensor_type = value_info.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim]
     return {"name": value_info.name, "type": helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name

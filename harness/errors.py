@@ -1,4 +1,8 @@
-"""User-facing errors: the CLI prints their message and exits with code 2, never a traceback."""
+"""Every error the harness raises for input the user can fix, one subclass per kind, and its warnings.
+
+The CLI prints a HarnessError's message and exits with code 2, never with a traceback; anything else is a bug
+of the harness ("internal error", exit 1).
+"""
 
 
 def first_line(error: Exception, limit: int = 300) -> str:
@@ -42,3 +46,36 @@ class UnsupportedOpsError(HarnessError):
             f"cannot build the input gradient: {len(unsupported)} op type(s) on the path from the image to the "
             "output have no gradient rule: " + "; ".join(parts) + "."
         )
+
+
+class UnsupportedConfiguration(Exception):
+    """Raised by a gradient rule: the op type has a rule, but not for this use of it (e.g. a gradient with
+    respect to Conv weights). The builder turns it into an UnsupportedOpsError naming the node."""
+
+
+class SamplingError(HarnessError):
+    """A sampler was given parameters or inputs it cannot use."""
+
+
+class ModelCardError(HarnessError):
+    """A model card is incomplete or inconsistent."""
+
+
+class DataError(HarnessError):
+    """A dataset cannot be loaded or does not fit the model."""
+
+
+class StoreError(HarnessError):
+    """The results store cannot be read or written: not ours, corrupt, locked by another run, or no space."""
+
+
+class DataWarning(UserWarning):
+    """An image was skipped (or loaded with a caveat); the message names the file."""
+
+
+class SkippedFileWarning(DataWarning):
+    """One file was skipped; the message is ``skipped <name>: <reason>``."""
+
+
+class SkippedImage(DataError):
+    """One image file cannot be used soundly; the message says why."""

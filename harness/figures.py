@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.model_card import ModelCard
+from harness.metrics.certainty import NORMALISED_MI
 from harness.visual import heatmap_rgb, image_rgb
 
 FIGURES_DIR = "figures"
@@ -88,8 +89,6 @@ def gallery(store, run_dir: Path) -> dict[str, str]:
 
 def figure_5(tables: dict, run_dir: Path) -> str | None:
     """Bars of MI normalised to IG, per model and method, with 95% CIs; None without IG in the store."""
-    from harness.report import NORMALISED_MI
-
     models = [m for m, t in tables.items() if NORMALISED_MI in t["columns"]]
     if not models:
         return None

@@ -9,10 +9,7 @@ resumes where it stopped, never duplicates a row, and never reuses a row of anot
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import logging
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,30 +18,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from harness import DEFAULT_SEED
-from harness.attribution import Context, attribute, get_method, labels_or_predictions
+from harness.attribution import get_method
 from harness.attribution.methods import describe
-from harness.data import DATASETS, load_dataset
+from harness.bundled import bundled_models
 from harness.errors import HarnessError
 from harness.metrics import get_metric, metric_names
-from harness.metrics.randomisation import random_logit_attributions
-from harness.model_card import read_card
-from harness.onnx_io import content_hash, load_model
-from harness.runtime import GradientRuntime
 from harness.store import ResultsStore, canonical
+from harness.subject import ModelUnderTest, model_names
 
-log = logging.getLogger("harness")
-
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "exported_models"
 DEFAULT_METHODS = ("vanilla", "smoothgrad", "ig", "guided-ig", "suppression", "blur-ig", "expected-gradients")
 DEFAULT_METRICS = ()         # empty: every registered metric (each model gets those whose inputs it has)
-REFERENCE_METHOD = "ig"
-REFERENCE_IMAGES = 16        # Expected Gradients' reference set
 
 
 @dataclass
 class RunConfig:
     """Everything that defines a run; TOML keys mirror these names (and the CLI options)."""
-
     models: list = field(default_factory=list)           # paths; empty = every bundled model
     methods: list = field(default_factory=lambda: list(DEFAULT_METHODS))
     method_parameters: dict = field(default_factory=dict)   # {"suppression": {"p": 0.6}, ...}
@@ -74,7 +62,7 @@ class RunConfig:
             _check_types(values, str(path))
         values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
         config = cls(**values)
-        config.models = [str(m) for m in config.models] or [str(p) for p in sorted(BUNDLED_MODELS_DIR.glob("*.onnx"))]
+        config.models = [str(m) for m in config.models] or [str(p) for p in bundled_models()]
         config.methods, config.metrics = list(config.methods), list(config.metrics)
         where = f"{path}: " if path is not None else ""
         for name in ("images", "chunk", "batch_size"):
@@ -122,57 +110,6 @@ def _check_types(values: dict, path: str) -> None:
         raise HarnessError(f"{path}: {key} must be {what}, got {value!r}")
 
 
-def confined_source(source, model_path: Path):
-    """A dataset named by a model's card: a bundled generator, or a path inside the model's folder (a model
-    file is untrusted input, and nothing is read because it says so)."""
-    if str(source) in DATASETS:
-        return source
-    folder = model_path.resolve().parent
-    path = (folder / str(source)).resolve()
-    if not path.is_relative_to(folder):
-        raise HarnessError(f"the card of {model_path} names the dataset {source}, which lies outside the model's "
-                           "folder; a card may only name data beside it: give --dataset")
-    return path
-
-
-def _shown_path(path: Path) -> str:
-    """A model's path as a store keeps it: relative to the working directory where it lies beneath it (a
-    committed store names no machine's folders)."""
-    resolved, here = path.resolve(), Path.cwd().resolve()
-    return resolved.relative_to(here).as_posix() if resolved.is_relative_to(here) else str(path)
-
-
-def model_name(path: str | Path) -> str:
-    return Path(path).stem
-
-
-def model_names(paths: list[str]) -> list[str]:
-    """Display names of a run's models: file stems, with as many parent folders as it takes to tell models of
-    the same file name apart (``a/model``, ``b/model``). A file listed twice is refused."""
-    resolved = [Path(p).resolve() for p in paths]
-    twice = sorted({str(p) for p in paths if resolved.count(Path(p).resolve()) > 1})
-    if twice:
-        raise HarnessError(f"the run lists the model {twice[0]} more than once")
-    for depth in range(1, max(len(p.parts) for p in resolved) + 1):
-        names = [Path(*p.with_suffix("").parts[-depth:]).as_posix() for p in resolved]
-        if len(set(names)) == len(names):
-            return names
-    return [p.as_posix() for p in resolved]
-
-
-def image_keys(data) -> list[str]:
-    """Per image, a SHA-256 of what its results depend on: its pixels, its label and its masks."""
-    keys = []
-    for i in range(len(data)):
-        digest = hashlib.sha256(np.ascontiguousarray(data.images[i], np.float32).tobytes())
-        digest.update(repr((data.images[i].shape, int(data.labels[i]))).encode())
-        for extra in (data.masks, data.segments):
-            if extra is not None:
-                digest.update(np.ascontiguousarray(extra[i]).tobytes())
-        keys.append(digest.hexdigest())
-    return keys
-
-
 def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
     """Fill the store of ``config.out`` with every missing result; returns the run directory.
 
@@ -184,7 +121,7 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
     metrics = {name: get_metric(name) for name in (config.metrics or metric_names())}
     run_dir = Path(config.out)
     with ResultsStore(run_dir) as store:    # a store that is not ours, or another run's, is refused first
-        models = [ModelUnderTest(path, config, name)
+        models = [ModelUnderTest.from_config(path, config, name)
                   for path, name in zip(config.models, model_names(config.models))]
         selection = [{"model": model.name, "model_key": model.key, "method": method_name,
                       "parameters": parameters[method_name], "seed": config.seed,
@@ -232,92 +169,3 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
             with store.transaction():
                 record_run()
     return run_dir
-
-
-class ModelUnderTest:
-    """One model of a run: its card, images (in the model's input space), and, built when first needed, its
-    runtime, targets and context.
-
-    Its ``key`` is a SHA-256 of the model's content and its card (a sidecar or a command-line fact changes what
-    the results mean as much as a weight does)."""
-
-    def __init__(self, path: str | Path, config: RunConfig, name: str | None = None,
-                 expose_embedding: bool = False):
-        self.path, self.name, self.config = Path(path), name or model_name(path), config
-        self.proto = load_model(path)
-        self.card = read_card(self.proto, model_path=path)
-        self.hash = content_hash(self.proto)
-        card_facts = {k: v for k, v in asdict(self.card).items() if k != "sources"}
-        self.key = hashlib.sha256(f"{self.hash}:{canonical(card_facts)}".encode()).hexdigest()
-        self.source = self.card.extras.get("dataset") if config.dataset == "auto" else config.dataset
-        if self.source is None:
-            raise HarnessError(f"{self.name}: its card names no dataset; give --dataset")
-        if config.dataset == "auto":
-            self.source = confined_source(self.source, self.path)
-        self.card.require("preprocessing", why=f"to feed {self.name} its images")
-        if self.card.labels is None:
-            log.info("%s: the model card names no labels; its classes are named by their indices", self.name)
-        self.data = load_dataset(self.source, self.card, n=config.images, seed=config.seed)
-        self.image_keys = image_keys(self.data)
-        self.x = self.card.to_model(self.data.images)
-        if expose_embedding and not self.card.embedding:
-            raise HarnessError(f"{self.name}: its card names no embedding tensor")
-        self.expose_embedding = expose_embedding
-
-    @functools.cached_property
-    def runtime(self) -> GradientRuntime:
-        return GradientRuntime.from_card(self.proto, self.card, max_batch=self.config.batch_size,
-                                         exposed=[self.card.embedding] if self.expose_embedding else [])
-
-    @functools.cached_property
-    def targets(self) -> np.ndarray:
-        return labels_or_predictions(self.runtime, self.x, self.data.labels)[0]
-
-    @functools.cached_property
-    def context(self) -> Context:
-        return Context.from_card(self.card, self.card.to_model(self._references(self.source, self.config)))
-
-    def _references(self, source, config: RunConfig) -> np.ndarray:
-        """Reference pixels (Expected Gradients' baselines): 16 more images from a generator (the next seed);
-        from a folder its first 16, which the images under test already hold when there are that many."""
-        if str(source) not in DATASETS and len(self.data) >= REFERENCE_IMAGES:
-            return self.data.images[:REFERENCE_IMAGES]
-        return load_dataset(source, self.card, n=REFERENCE_IMAGES, seed=config.seed + 1).images
-
-    def facts(self) -> dict:
-        return {"path": _shown_path(self.path), "hash": self.hash,
-                "card": {k: v for k, v in asdict(self.card).items() if k != "sources"},
-                "images": list(self.data.names), "targets": self.targets.tolist(),
-                "label_names": list(self.data.label_names)}
-
-    def can_compute(self, metric) -> bool:
-        available = {"images", "attributions", "labels", "runtime", "card", "other_attributions",
-                     "masks" if self.data.masks is not None else None,
-                     "segments" if self.data.segments is not None else None}
-        return set(metric.needs) <= available
-
-    def pixels(self, i: int) -> np.ndarray:
-        return self.data.images[i]
-
-    def evaluate(self, method, chunk: np.ndarray, metrics: dict) -> tuple[dict, dict]:
-        """Attributions of the chunk, each metric per image, and the gallery maps among them."""
-        x, targets = self.x[chunk], self.targets[chunk]
-        attributions = attribute(self.runtime, x, targets[:, None], method, self.context, self.config.seed)[:, 0]
-        broken = ~np.isfinite(attributions.reshape(len(chunk), -1)).all(axis=1)
-        if broken.any():
-            names = [self.data.names[i] for i in chunk[broken]]
-            raise HarnessError(f"{self.name}/{method.name}: the attributions of {len(names)} image(s) hold NaN or "
-                               f"infinite values ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); "
-                               "nothing of this chunk was stored")
-        inputs = {"images": x, "attributions": attributions, "labels": targets, "runtime": self.runtime,
-                  "card": self.card,
-                  "masks": None if self.data.masks is None else self.data.masks[chunk],
-                  "segments": None if self.data.segments is None else self.data.segments[chunk]}
-        if any("other_attributions" in metric.needs for metric in metrics.values()):
-            inputs["other_attributions"] = random_logit_attributions(self.runtime, x, targets, method, self.context,
-                                                                     self.config.seed)[0]
-        scores = {name: metric(**inputs) for name, metric in metrics.items()}
-        values = {(self.image_keys[i], self.data.names[i]): {name: float(s[j]) for name, s in scores.items()}
-                  for j, i in enumerate(chunk)}
-        maps = {int(i): attributions[j] for j, i in enumerate(chunk) if i < self.config.gallery}
-        return values, maps

@@ -26,7 +26,7 @@ from pathlib import Path
 import onnx
 
 from harness.data.base import Preprocessing
-from harness.errors import HarnessError
+from harness.errors import ModelCardError
 from harness.gradients.graph import declared_dims, image_inputs
 
 LAYOUTS = ("NCHW", "NHWC")
@@ -36,10 +36,6 @@ SIDECAR_SUFFIX = ".card.json"
 IMAGE_CHANNELS = (1, 3)
 OPTIONS = {"input_name": "--input-name", "layout": "--layout NCHW|NHWC", "input_size": "--input-size C H W",
            "preprocessing": "--mean/--std or --pixel-range", "labels": "--labels FILE"}  # where a user gives each
-
-
-class ModelCardError(HarnessError):
-    """A model card is incomplete or inconsistent."""
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,15 @@ import numpy as np
 
 from harness import __version__
 from harness.errors import HarnessError
+from harness.figures import figure_5, gallery
 from harness.metrics import get_metric
+from harness.metrics.certainty import MI_METRIC, NORMALISED_MI, REFERENCE_METHOD
 from harness.onnx_io import write_atomically
 from harness.store import ResultsStore
 
 BOOTSTRAP_ROUNDS = 1000
 BOOTSTRAP_SEED = 0
-MI, NORMALISED_MI, REFERENCE = "mi", "mi/ig", "ig"
+MI, REFERENCE = MI_METRIC, REFERENCE_METHOD
 
 
 @dataclass(frozen=True)
@@ -221,8 +223,6 @@ def write_report(run_dir: str | Path, force: bool = True) -> Path:
     The report shows the rows of the store's latest run; other configurations the store holds are listed
     apart. With ``force=False`` nothing is rendered when the store, the experiments' figures and the harness
     version are what the reports were last rendered from (a rerun that computed nothing costs no figures)."""
-    from harness.figures import figure_5, gallery
-
     run_dir = Path(run_dir)
     with ResultsStore(run_dir, writable=False) as store:
         experiments = sorted(p.relative_to(run_dir).as_posix() for p in (run_dir / "experiments").glob("*.png"))

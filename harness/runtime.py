@@ -209,7 +209,8 @@ class GradientRuntime:
         taps = tuple(o.name[: -len("_grad")] for o in model.graph.output
                      if o.name.endswith("_grad") and o.name != INPUT_GRAD)
         initializers = {t.name for t in model.graph.initializer}
-        unfed = [i.name for i in model.graph.input if i.name not in (image.name, GRAD_SEED) and i.name not in initializers]
+        fed = {image.name, GRAD_SEED, *initializers}
+        unfed = [i.name for i in model.graph.input if i.name not in fed]
         if unfed:
             raise HarnessError(f"the model has inputs besides the image {image.name!r} that have no value: "
                                f"{unfed}; the harness feeds the image only")

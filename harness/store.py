@@ -34,7 +34,7 @@ import scipy
 import sklearn
 
 from harness import __version__
-from harness.errors import HarnessError
+from harness.errors import StoreError
 
 STORE_NAME = "results.sqlite"
 LOCK_NAME = ".harness-run.lock"
@@ -55,10 +55,6 @@ CREATE TABLE arrays (
 CREATE TABLE facts (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started REAL NOT NULL, selection TEXT NOT NULL);
 """
-
-
-class StoreError(HarnessError):
-    """The results store cannot be read or written: not ours, corrupt, locked by another run, or no space."""
 
 
 def versions() -> dict:

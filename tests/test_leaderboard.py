@@ -76,9 +76,9 @@ def test_leaderboard_numbers_equal_a_direct_computation(tmp_path):
     config = RunConfig.load(None, models=[MODEL], methods=["ig", "suppression"], metrics=["mi"], images=4,
                             out=str(tmp_path), chunk=3)
     run_leaderboard(config, quiet=True)
-    from harness.leaderboard import ModelUnderTest
+    from harness.subject import ModelUnderTest
 
-    model = ModelUnderTest(MODEL, config)
+    model = ModelUnderTest.from_config(MODEL, config)
     with ResultsStore(tmp_path, writable=False) as store:
         rows = {(r["method"], r["image"]): r["value"] for r in store.rows()}
         tables = leaderboard_tables(selected_rows(store)[0], store.path)
@@ -215,7 +215,7 @@ def test_a_rerun_that_finds_everything_stored_builds_no_runtime(tmp_path, monkey
     def refuse(*args, **kwargs):
         raise AssertionError("a runtime was built for a finished run")
 
-    monkeypatch.setattr("harness.leaderboard.GradientRuntime.from_card", refuse)
+    monkeypatch.setattr("harness.subject.GradientRuntime.from_card", refuse)
     run_leaderboard(config, quiet=True)
     assert stored_rows(tmp_path) == rows
 

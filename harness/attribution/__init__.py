@@ -10,13 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from harness import DEFAULT_SEED
+from harness.attribution.distributions import DistributionSettings, explain_contrastive
 from harness.attribution.engine import Method, attribute
 from harness.attribution.methods import NAMED_METHODS, get_method, method_names
 from harness.attribution.samplers import SAMPLERS, Context, SamplingError
 from harness.errors import HarnessError
 
-__all__ = ["NAMED_METHODS", "SAMPLERS", "Context", "Method", "SamplingError", "attribute", "explain",
-           "get_method", "labels_or_predictions", "method_names", "resolve_targets"]
+__all__ = ["NAMED_METHODS", "SAMPLERS", "Context", "DistributionSettings", "Method", "SamplingError", "attribute",
+           "explain", "explain_contrastive", "get_method", "labels_or_predictions", "method_names",
+           "resolve_targets"]
 
 
 def labels_or_predictions(runtime, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +44,8 @@ def resolve_targets(runtime, x: np.ndarray, labels=None, classes=None, top_k: in
         targets = np.argsort(-logits, axis=1, kind="stable")[:, : (top_k or 1)]
     targets = np.ascontiguousarray(targets)
     if num_classes is not None and (targets.min() < 0 or targets.max() >= num_classes):
-        raise HarnessError(f"target classes must be in 0..{num_classes - 1}, got {sorted({int(t) for t in targets.ravel()})}")
+        given = sorted({int(t) for t in targets.ravel()})
+        raise HarnessError(f"target classes must be in 0..{num_classes - 1}, got {given}")
     return targets
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import softmax
 
+from harness import DEFAULT_SEED
+from harness.attribution.engine import attribute
 from harness.errors import HarnessError
 
 
@@ -68,9 +70,6 @@ def explain_contrastive(runtime, x: np.ndarray, method, context, labels=None, cl
     class. All classes of all images go through the engine in one batched pass. Returns the contrastive
     attributions [N, C, H, W] and the class sets [N, K] (target first where the reference code puts it).
     """
-    from harness import DEFAULT_SEED
-    from harness.attribution.engine import attribute
-
     x = np.asarray(x, np.float32)
     logits = runtime.forward(x)
     targets = logits.argmax(axis=1) if labels is None else np.broadcast_to(np.asarray(labels), (len(x),))

@@ -15,21 +15,20 @@ row the same gradient in any batch (every bundled model on ONNX Runtime's CPU pr
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from harness import DEFAULT_SEED
 from harness.attribution.aggregators import Aggregator, get_aggregator
-from harness.attribution.samplers import Context, Sampler, SamplingError
+from harness.attribution.gradcam import grad_cam
+from harness.attribution.samplers import Context, Sampler, SamplingError, image_rng, make_baseline
 from harness.errors import HarnessError
 
 
 @dataclass(frozen=True)
 class Method:
     """A sampler, an aggregator and the optional × input multiplier, under a display name."""
-
     name: str
     sampler: Sampler
     aggregator: str
@@ -47,11 +46,6 @@ class Method:
                                 "applies to it")
 
 
-def image_rng(seed: int, image: np.ndarray) -> np.random.Generator:
-    """The generator of one image's draws: from the seed and the image's bytes (position independent)."""
-    return np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(image).tobytes())])
-
-
 def attribute(runtime, x: np.ndarray, targets: np.ndarray, method: Method, context: Context,
               seed: int = DEFAULT_SEED, group_rows: int | None = None, progress=None) -> np.ndarray:
     """Attributions [N, K, C, H, W] (float32) of images ``x`` [N, C, H, W] (model-input space) for the
@@ -62,7 +56,6 @@ def attribute(runtime, x: np.ndarray, targets: np.ndarray, method: Method, conte
         raise HarnessError(f"attribute needs images [N, C, H, W] and targets [N, K]; got {x.shape} and "
                            f"{targets.shape}")
     if get_aggregator(method.aggregator).on_layer:
-        from harness.attribution.gradcam import grad_cam
 
         result = grad_cam(runtime, x, targets, method.sampler, context, seed)
     elif method.sampler.adaptive:
@@ -147,8 +140,6 @@ def _attribute_group(runtime, x, targets, sampler: Sampler, aggregators: list[Ag
 
 def _adaptive(runtime, x, targets, method, context, seed) -> np.ndarray:
     """Guided IG: one walk per (image, class), all walks advancing together, one runtime call per step."""
-    from harness.attribution.samplers import make_baseline
-
     n, k = targets.shape
     flat_x = np.repeat(x, k, axis=0)
     flat_classes = targets.reshape(-1)
@@ -156,9 +147,8 @@ def _adaptive(runtime, x, targets, method, context, seed) -> np.ndarray:
                           for i in range(n)])
     flat_baselines = np.repeat(baselines, k, axis=0)
 
-    def grad_fn(points: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        classes = flat_classes if rows is None else flat_classes[rows]
-        return runtime.class_gradients(points.astype(np.float32, copy=False), classes)[1]
+    def grad_fn(points: np.ndarray) -> np.ndarray:
+        return runtime.class_gradients(points.astype(np.float32, copy=False), flat_classes)[1]
 
     attributions = method.sampler.walk(flat_x, flat_baselines, grad_fn)
     return attributions.astype(np.float32).reshape(n, k, *x.shape[1:])

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from scipy.ndimage import zoom
 
+from harness.attribution.samplers import image_rng
 from harness.errors import HarnessError
 
 
@@ -27,8 +28,6 @@ def guess_cam_layer(model: onnx.ModelProto) -> str:
 
 def grad_cam(runtime, x: np.ndarray, targets: np.ndarray, sampler, context, seed: int) -> np.ndarray:
     """Grad-CAM maps [N, K, 1, H, W] for ``targets`` [N, K]; ``runtime`` must tap exactly one 4-D layer."""
-    from harness.attribution.engine import image_rng
-
     if len(runtime.taps) != 1:
         raise HarnessError("Grad-CAM needs a runtime with exactly one tapped layer")
     (layer,) = runtime.taps

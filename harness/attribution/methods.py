@@ -4,7 +4,7 @@ the main paper compares sampling distributions on an equal footing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -64,11 +64,6 @@ def get_method(name: str, times_input: bool = False, **parameters) -> Method:
     sampler = cls(**{**base, **given})
     label = name + ("×input" if times_input else "")
     return Method(label, sampler, aggregator, times_input)
-
-
-def with_parameters(method: Method, **parameters) -> Method:
-    """``method`` with some sampler parameters replaced."""
-    return replace(method, sampler=replace(method.sampler, **parameters))
 
 
 def describe(method: Method) -> dict:

@@ -9,17 +9,20 @@ not depend on batching. Guided IG's adaptive path needs the model while it walks
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from harness.errors import HarnessError
+from harness.attribution.guided import guided_ig
+from harness.errors import SamplingError
 
 
-class SamplingError(HarnessError):
-    """A sampler was given parameters or inputs it cannot use."""
+def image_rng(seed: int, image: np.ndarray) -> np.random.Generator:
+    """The generator of one image's draws: from the seed and the image's bytes (position independent)."""
+    return np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(image).tobytes())])
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,6 @@ class Context:
     """What samplers may need beyond the image: the model-input values of a black and a white pixel
     ([C, 1, 1] each; None where the model card does not give the preprocessing) and, for Expected
     Gradients, reference images from the data ([M, C, H, W], model-input space)."""
-
     black: np.ndarray | None = None
     white: np.ndarray | None = None
     references: np.ndarray | None = None
@@ -84,7 +86,6 @@ def register(cls: type[Sampler]) -> type[Sampler]:
 @dataclass(frozen=True)
 class Point(Sampler):
     """x itself: the vanilla gradient."""
-
     name: ClassVar[str] = "point"
 
     @property
@@ -102,7 +103,6 @@ class Point(Sampler):
 @dataclass(frozen=True)
 class Normal(Sampler):
     """x + N(0, σ²) with σ = level · (max(x) − min(x)) (SmoothGrad, Smilkov et al. 2017)."""
-
     name: ClassVar[str] = "normal"
     samples: int = 50
     level: float = 0.15
@@ -125,7 +125,6 @@ class Suppression(Sampler):
     mask shared by all channels, and a dropped pixel takes the value of black. ``fill="black"`` (default)
     is black in the model's input space, (0 − mean) / std, i.e. a pixel that is really absent;
     ``fill="zero"`` writes 0 into the normalised input instead (mid-grey for mean 0.5 models)."""
-
     name: ClassVar[str] = "suppression"
     samples: int = 50
     p: float = 0.7
@@ -206,7 +205,6 @@ def make_baseline(kind, x: np.ndarray, rng: np.random.Generator, context: Contex
 @dataclass(frozen=True)
 class Linear(Sampler):
     """The straight path baseline + α (x − baseline) (Integrated Gradients, Sundararajan et al. 2017)."""
-
     name: ClassVar[str] = "linear"
     is_path: ClassVar[bool] = True
     steps: int = 50
@@ -235,7 +233,6 @@ class Blur(Sampler):
     """Blur IG's path (Xu et al. 2020, as PAIR saliency): from a Gaussian blur of ``max_sigma`` pixels to
     x; σ_i = i · max_sigma / steps; the increment of point i is −Δσ · ∂blur(x, σ_i)/∂σ, the derivative
     taken as a forward difference of ``grad_step``."""
-
     name: ClassVar[str] = "blur"
     is_path: ClassVar[bool] = True
     steps: int = 50
@@ -270,7 +267,6 @@ def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
 class Expected(Sampler):
     """Expected Gradients (Erion et al. 2021): baselines b drawn from reference data, α ~ U(0, 1), points
     b + α (x − b), increments (x − b) / S."""
-
     name: ClassVar[str] = "expected"
     is_path: ClassVar[bool] = True
     samples: int = 50
@@ -296,7 +292,6 @@ class Guided(Sampler):
     """Guided IG's adaptive path (Kapishnikov et al. 2021, as PAIR saliency's ``guided_ig``): at each step,
     move the ``fraction`` of features with the smallest |gradient| towards x, so the path avoids high-gradient
     regions; ``max_dist`` bounds its L1 distance from the straight line (0 gives IG)."""
-
     name: ClassVar[str] = "guided"
     is_path: ClassVar[bool] = True
     adaptive: ClassVar[bool] = True
@@ -311,6 +306,4 @@ class Guided(Sampler):
 
     def walk(self, x: np.ndarray, baselines: np.ndarray, grad_fn) -> np.ndarray:
         """Attributions of all rows of ``x`` [M, ...], all paths advancing together (one call per step)."""
-        from harness.attribution.guided import guided_ig
-
         return guided_ig(x, baselines, grad_fn, steps=self.steps, fraction=self.fraction, max_dist=self.max_dist)

@@ -12,6 +12,9 @@ from typing import Callable
 
 from harness import DEFAULT_SEED
 from harness.data.base import DataError, ImageSet, Preprocessing, match_channels, normalise
+from harness.data.digits import digits_split
+from harness.data.folders import load_image_folder
+from harness.data.shapes import generate_shapes
 
 __all__ = ["DATASETS", "DataError", "ImageSet", "Preprocessing", "load_dataset", "match_channels", "normalise"]
 
@@ -27,8 +30,6 @@ def _square_side(input_size) -> int:
 
 def _shapes(variant: str) -> Callable[..., ImageSet]:
     def load(input_size, n, seed):
-        from harness.data.shapes import generate_shapes
-
         images = generate_shapes(n or DEFAULT_COUNT, _square_side(input_size), seed=seed, variant=variant)
         return _with_channels(images, input_size[0])
 
@@ -38,8 +39,6 @@ def _shapes(variant: str) -> Callable[..., ImageSet]:
 
 def _digits(input_size, n, seed):
     """The held-out quarter of scikit-learn's digits under ``seed`` (the digits model's own test split)."""
-    from harness.data.digits import digits_split
-
     images = digits_split(_square_side(input_size), seed, "test")
     return _with_channels(images if n is None else images.subset(range(min(n, len(images)))), input_size[0])
 
@@ -69,7 +68,6 @@ def load_dataset(source: str | Path, card, n: int | None = None, seed: int = DEF
     path = Path(source)
     if not path.exists():
         raise DataError(f"{source} is neither a bundled dataset ({', '.join(DATASETS)}) nor an existing path")
-    from harness.data.folders import load_image_folder
 
     card.require("input_size", why=f"to read the images of {source}")
     return load_image_folder(path, tuple(card.input_size), label_names=card.labels, limit=n)

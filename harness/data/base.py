@@ -6,11 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.errors import HarnessError
-
-
-class DataError(HarnessError):
-    """A dataset cannot be loaded or does not fit the model."""
+from harness.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from sklearn.datasets import load_digits
+
+from harness.data.base import DataError, ImageSet
 
 DIGIT_LABELS = tuple(str(d) for d in range(10))
 
 
 def load_digits_images(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """All digits as float32 images [N, 1, size, size] in [0, 1] (bilinear upscaling) and int64 labels."""
-    from sklearn.datasets import load_digits
-
     bunch = load_digits()
     images = bunch.images.astype(np.float32) / 16.0
     if size != images.shape[-1]:
@@ -29,8 +30,6 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, 
 
 def digits_split(size: int = 32, seed: int = 1860867, part: str = "test", test_fraction: float = 0.25):
     """The ``train`` or ``test`` part of a seeded split of the digits, as an :class:`ImageSet`."""
-    from harness.data.base import DataError, ImageSet
-
     if part not in ("train", "test"):
         raise DataError(f"part must be 'train' or 'test', not {part!r}")
     images, labels = load_digits_images(size)

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from harness.data.base import DataError, ImageSet, match_channels
+from harness.errors import DataWarning, SkippedFileWarning, SkippedImage
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 MAX_PIXELS = 10_000 * 10_000     # images with more pixels are skipped (decompression-bomb guard)
@@ -40,18 +41,6 @@ RESAMPLE = Image.Resampling.BICUBIC
 UNLABELLED = -1
 PATH_HEADERS = {"path", "file", "filename", "file_name", "filepath", "image", "image_path"}
 LABEL_HEADERS = {"label", "class", "class_name", "target", "category"}
-
-
-class DataWarning(UserWarning):
-    """An image was skipped (or loaded with a caveat); the message names the file."""
-
-
-class SkippedFileWarning(DataWarning):
-    """One file was skipped; the message is ``skipped <name>: <reason>``."""
-
-
-class SkippedImage(DataError):
-    """One image file cannot be used soundly; the message says why."""
 
 
 def load_image_folder(path: str | Path, input_size, label_names=None, limit: int | None = None,
@@ -73,8 +62,8 @@ def load_image_folder(path: str | Path, input_size, label_names=None, limit: int
 
     ``input_size`` is (C, H, W) with C 1 or 3. Images are sorted by name (paths relative to the folder, or as
     written in the CSV), then the labels take turns (the first image of each label, then the second, ...), and
-    the first ``limit`` that load are kept — so a limited take is balanced across classes. Files without one of ``extensions`` (case-insensitive)
-    are ignored; unusable image files — and images over ``max_pixels`` pixels — are skipped with a
+    the first ``limit`` that load are kept — so a limited take is balanced across classes. Files without one of
+    ``extensions`` (case-insensitive) are ignored; unusable image files — and images over ``max_pixels`` pixels — are skipped with a
     :class:`DataWarning`, and a missing CSV file likewise. Raises :class:`DataError` when nothing loads.
     """
     channels, height, width = _checked_size(input_size)

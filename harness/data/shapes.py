@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
+from sklearn.datasets import load_sample_images
 
 from harness import DEFAULT_SEED
 from harness.data.base import DataError, ImageSet
@@ -73,8 +74,6 @@ def shape_mask(name: str, size: int, centre, radius: float, angle: float) -> np.
 # ------------------------------------------------------------------------------------------ textures
 @lru_cache(maxsize=1)
 def _photographs() -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_sample_images
-
     return tuple(load_sample_images().images)
 
 

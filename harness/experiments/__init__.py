@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from pathlib import Path
 from typing import Callable
 
 from harness.errors import HarnessError
+from harness.onnx_io import write_atomically
 
 EXPERIMENTS: dict[str, Callable] = {}
 
@@ -33,11 +37,7 @@ def experiment_names() -> list[str]:
 
 def write_csv(path, rows: list[dict]):
     """Write ``rows`` (dicts with the same keys) as CSV, atomically; returns the path."""
-    import csv
-    import io
-    from pathlib import Path
 
-    from harness.onnx_io import write_atomically
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -48,4 +48,6 @@ def write_csv(path, rows: list[dict]):
 
 
 def _load_all() -> None:
+    """Register every experiment: their modules import ``register`` from this package, so they are imported
+    here, when first needed, not at the top (that would be an import cycle)."""
     from harness.experiments import alignment, augmentation, dropping, p_sweep  # noqa: F401

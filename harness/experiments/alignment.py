@@ -13,16 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from sklearn.decomposition import KernelPCA
+from tqdm.auto import tqdm
 
+from harness.attribution.samplers import Linear, Normal, Suppression, image_rng
 from harness.experiments import register, write_csv
+from harness.figures import pyplot, save_figure
+from harness.subject import ModelUnderTest, model_names
 
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 PER_GROUP = 1000
 
 
 def sampler_groups() -> dict:
-    from harness.attribution.samplers import Linear, Normal, Suppression
-
     groups = {"linear": lambda s: Linear(steps=s, rule="right")}
     groups.update({f"normal {level}": (lambda s, level=level: Normal(samples=s, level=level)) for level in LEVELS})
     groups.update({f"suppression {p}": (lambda s, p=p: Suppression(samples=s, p=p)) for p in LEVELS})
@@ -31,16 +34,12 @@ def sampler_groups() -> dict:
 
 @register("alignment")
 def run(config, quiet: bool = False) -> list[Path]:
-    from sklearn.decomposition import KernelPCA
-    from tqdm.auto import tqdm
 
-    from harness.attribution.engine import image_rng
-    from harness.leaderboard import ModelUnderTest, model_names
 
     out = Path(config.out) / "experiments"
     rows, written = [], []
     for model_path, name in zip(config.models, model_names(config.models)):
-        model = ModelUnderTest(model_path, config, name, expose_embedding=True)
+        model = ModelUnderTest.from_config(model_path, config, name, expose_embedding=True)
 
         def embed(points: np.ndarray) -> np.ndarray:
             return model.runtime.forward_tensor(points, model.card.embedding).reshape(len(points), -1)
@@ -71,8 +70,6 @@ def run(config, quiet: bool = False) -> list[Path]:
 
 
 def _figure(model: str, projection, bounds, groups, centres, path: Path) -> Path:
-    from harness.figures import pyplot, save_figure
-
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 5))
     colours = {"natural": "black", "linear": "tab:green"}

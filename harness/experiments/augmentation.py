@@ -8,18 +8,20 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.attribution import explain, get_method
+from harness.bundled import BUNDLED_MODELS_DIR
+from harness.errors import HarnessError
 from harness.experiments import register, write_csv
+from harness.figures import pyplot, save_figure
+from harness.metrics import get_metric
+from harness.subject import ModelUnderTest
+from harness.visual import heatmap_rgb, image_rgb
 
 PAIR = ("shapes_resnet", "shapes_resnet_augmented")
 
 
 @register("augmentation")
 def run(config, quiet: bool = False) -> list[Path]:
-    from harness.attribution import explain, get_method
-    from harness.errors import HarnessError
-    from harness.leaderboard import BUNDLED_MODELS_DIR, ModelUnderTest
-    from harness.metrics import get_metric
-
     paths = {Path(m).stem: m for m in config.models}
     paths = {name: paths.get(name, str(BUNDLED_MODELS_DIR / f"{name}.onnx")) for name in PAIR}
     if not all(Path(p).exists() for p in paths.values()):
@@ -27,7 +29,7 @@ def run(config, quiet: bool = False) -> list[Path]:
     mi = get_metric("mi")
     out = Path(config.out) / "experiments"
     maps, rows = {}, []
-    models = {name: ModelUnderTest(path, config) for name, path in paths.items()}
+    models = {name: ModelUnderTest.from_config(path, config) for name, path in paths.items()}
     for method_name in config.methods:
         method = get_method(method_name, **config.method_parameters.get(method_name, {}))
         scores = {}
@@ -44,9 +46,6 @@ def run(config, quiet: bool = False) -> list[Path]:
 
 
 def _figure(models: dict, maps: dict, methods: list, path: Path) -> Path:
-    from harness.figures import pyplot, save_figure
-    from harness.visual import heatmap_rgb, image_rgb
-
     plt = pyplot()
     figure, axes = plt.subplots(len(models), 1 + len(methods), figsize=(1.4 * (1 + len(methods)), 1.6 * len(models)),
                                 squeeze=False)

@@ -6,24 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
+from harness.attribution.samplers import Suppression, image_rng
 from harness.experiments import register, write_csv
+from harness.figures import pyplot, save_figure
+from harness.subject import ModelUnderTest, model_names
+from harness.visual import image_rgb
 
 KEEP_RATIOS = (1.0, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 
 
 @register("dropping")
 def run(config, quiet: bool = False) -> list[Path]:
-    from scipy.special import softmax
 
-    from harness.attribution.engine import image_rng
-    from harness.attribution.samplers import Suppression
-    from harness.leaderboard import ModelUnderTest, model_names
 
     out = Path(config.out) / "experiments"
     rows, written = [], []
     for model_path, name in zip(config.models, model_names(config.models)):
-        model = ModelUnderTest(model_path, config, name)
+        model = ModelUnderTest.from_config(model_path, config, name)
         droppers = {keep: Suppression(samples=1, p=1 - keep) for keep in KEEP_RATIOS}
         dropped = {keep: np.stack([dropper.draw(x, image_rng(config.seed, x), model.context).points[0]
                                    for x in model.x]) for keep, dropper in droppers.items()}
@@ -41,9 +42,6 @@ def run(config, quiet: bool = False) -> list[Path]:
 
 
 def _figure(model, dropped: dict, path: Path) -> Path:
-    from harness.figures import pyplot, save_figure
-    from harness.visual import image_rgb
-
     plt = pyplot()
     figure, axes = plt.subplots(1, len(dropped), figsize=(1.5 * len(dropped), 1.8), squeeze=False)
     for axis, (keep, points) in zip(axes[0], dropped.items()):

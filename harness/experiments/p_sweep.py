@@ -11,26 +11,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from harness.attribution import get_method
+from harness.attribution.engine import aggregate_samples
 from harness.experiments import register, write_csv
+from harness.figures import pyplot, save_figure
+from harness.metrics import get_metric
+from harness.subject import ModelUnderTest, model_names
 
 P_VALUES = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 @register("p-sweep")
 def run(config, quiet: bool = False, samples: int = 20) -> list[Path]:
-    from tqdm.auto import tqdm
 
-    from harness.attribution import get_method
-    from harness.attribution.engine import aggregate_samples
-    from harness.leaderboard import ModelUnderTest, model_names
-    from harness.metrics import get_metric
 
     mi = get_metric("mi")
     out = Path(config.out) / "experiments"
     rows = []
     for model_path, name in zip(config.models, model_names(config.models)):
-        model = ModelUnderTest(model_path, config, name)
+        model = ModelUnderTest.from_config(model_path, config, name)
         targets = model.targets[:, None]
         for p in tqdm(P_VALUES, desc=f"p-sweep {model.name}", disable=quiet):
             sampler = get_method("suppression", p=p, samples=samples).sampler
@@ -47,8 +48,6 @@ def run(config, quiet: bool = False, samples: int = 20) -> list[Path]:
 
 
 def _figure(rows: list[dict], path: Path) -> Path:
-    from harness.figures import pyplot, save_figure
-
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
     for model in sorted({r["model"] for r in rows}):

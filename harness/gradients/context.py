@@ -9,11 +9,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from harness.gradients.graph import FLOAT_TYPES, attribute
+from harness.errors import UnsupportedConfiguration
 
-
-
-class UnsupportedConfiguration(Exception):
-    """A rule exists for the op type, but not for this use of it (e.g. a gradient w.r.t. Conv weights)."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ NON_DIFFERENTIABLE: frozenset[str] = frozenset(
 
 def vjp(*op_types: str) -> Callable:
     """Register ``rule`` as the VJP of each op type named."""
-
     def register(rule: Callable) -> Callable:
         for op_type in op_types:
             if op_type in VJP_RULES:
@@ -40,4 +39,6 @@ def vjp(*op_types: str) -> Callable:
 
 
 def load_rules() -> None:
-    from harness.gradients import rules  # noqa: F401  (registers every family module)
+    """Register every rule: the family modules of ``rules/`` import this registry to register themselves, so
+    they are imported here, when first needed, not at the top (that would be an import cycle)."""
+    from harness.gradients import rules  # noqa: F401

@@ -15,6 +15,7 @@ It returns one float per image, [N] (NaN where the metric is undefined for that 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,7 +28,6 @@ from harness.errors import HarnessError
 @dataclass(frozen=True)
 class Metric:
     """``compute``'s parameters name the inputs it takes; those without a default are the ones it needs."""
-
     name: str
     compute: Callable[..., np.ndarray]
     higher_is_better: bool
@@ -71,8 +71,6 @@ def metric_names() -> list[str]:
 
 def _load_all() -> None:
     """Import the family modules, which register their metrics."""
-    import importlib
-
     for module in FAMILIES:
         importlib.import_module(f"harness.metrics.{module}")
 

@@ -23,9 +23,14 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.special import digamma
 from scipy.stats import rankdata
+from sklearn.feature_selection import mutual_info_regression
 
 from harness.errors import HarnessError
 from harness.metrics import Metric, register
+
+MI_METRIC = "mi"
+REFERENCE_METHOD = "ig"                              # Figure 5 normalises every method's MI to IG's
+NORMALISED_MI = f"{MI_METRIC}/{REFERENCE_METHOD}"     # the leaderboard's ranking column
 
 K_NEIGHBOURS = 3
 JITTER = 1e-10
@@ -86,8 +91,6 @@ def ksg_rank(x: np.ndarray, z: np.ndarray, k: int = K_NEIGHBOURS) -> float:
 
 
 def ksg_sklearn(x: np.ndarray, z: np.ndarray, k: int = K_NEIGHBOURS) -> float:
-    from sklearn.feature_selection import mutual_info_regression
-
     return float(mutual_info_regression(x.reshape(-1, 1), z, n_neighbors=k, random_state=JITTER_SEED)[0])
 
 
@@ -127,7 +130,7 @@ def mutual_information_batch(images: np.ndarray, attributions: np.ndarray, estim
     return np.array([mutual_information(x, z, estimator, absolute) for x, z in zip(images, attributions)])
 
 
-def normalised_to_reference(values: dict[str, np.ndarray], reference: str = "ig") -> dict[str, float]:
+def normalised_to_reference(values: dict[str, np.ndarray], reference: str = REFERENCE_METHOD) -> dict[str, float]:
     """Mean MI of each method over the mean MI of ``reference`` on the same images (Figure 5)."""
     if reference not in values:
         raise HarnessError(f"normalising needs the reference method {reference!r}")

@@ -25,8 +25,10 @@ result does not depend on the batch size. An image whose attribution holds NaN o
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import correlate, gaussian_filter
 from scipy.special import softmax
 
+from harness.attribution.samplers import Context
 from harness.errors import HarnessError
 from harness.metrics import Metric, register
 from harness.metrics.localisation import saliency_maps
@@ -38,8 +40,6 @@ BLUR_SIGMA = 5.0    # RISE's ksig
 
 def rise_kernel(size: int = BLUR_SIZE, sigma: float = BLUR_SIGMA) -> np.ndarray:
     """RISE's ``gkern``: a centred delta of [size, size] smoothed by ``gaussian_filter(delta, sigma)``."""
-    from scipy.ndimage import gaussian_filter
-
     delta = np.zeros((size, size))
     delta[size // 2, size // 2] = 1.0
     return gaussian_filter(delta, sigma)
@@ -47,8 +47,6 @@ def rise_kernel(size: int = BLUR_SIZE, sigma: float = BLUR_SIGMA) -> np.ndarray:
 
 def rise_blur(images: np.ndarray, size: int = BLUR_SIZE, sigma: float = BLUR_SIGMA) -> np.ndarray:
     """[N, C, H, W] blurred channel by channel with :func:`rise_kernel`, zero padding (RISE's substrate)."""
-    from scipy.ndimage import correlate
-
     if size < 1 or size % 2 == 0:
         raise HarnessError(f"the blur kernel size must be odd and positive, got {size}")
     kernel = rise_kernel(size, sigma)[None, None]
@@ -125,8 +123,6 @@ def area_under_curve(fractions: np.ndarray, curves: np.ndarray) -> np.ndarray:
 def deletion_curves(images, attributions, labels, runtime, card, steps: int = DEFAULT_STEPS,
                     logits_are_probabilities: bool = False):
     """Fractions [K+1] and probabilities [N, K+1] while the most salient locations turn black."""
-    from harness.attribution.samplers import Context
-
     black = Context.from_card(card).black_and_white("deletion")[0]
     if black.shape[0] != np.shape(images)[1]:
         raise HarnessError(f"the card has {black.shape[0]} channels, the images {np.shape(images)[1]}")

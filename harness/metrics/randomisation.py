@@ -50,11 +50,18 @@ from typing import Iterator
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
+from scipy.stats import spearmanr
+from skimage.feature import hog
+from skimage.metrics import structural_similarity
 
 from harness import DEFAULT_SEED
+from harness.attribution import explain
+from harness.attribution.samplers import image_rng
 from harness.errors import HarnessError
 from harness.metrics import Metric, register
 from harness.metrics.localisation import saliency_maps
+from harness.onnx_io import load_model
+from harness.runtime import GradientRuntime
 
 log = logging.getLogger("harness")
 
@@ -74,7 +81,6 @@ BIASED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")   # an Add of an initia
 @dataclass(frozen=True)
 class Layer:
     """A parameterised node and the initializers re-drawn with it."""
-
     name: str                      # the node's name, or "<op type>_<node index>" for an unnamed node
     op_type: str
     node_index: int
@@ -188,16 +194,12 @@ def _constant(a: np.ndarray) -> bool:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
     if _constant(a) or _constant(b):
         return float("nan")
     return float(spearmanr(a.ravel(), b.ravel()).statistic)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    from skimage.metrics import structural_similarity
-
     side = min(a.shape)
     window = min(7, side if side % 2 else side - 1)
     if window < 3:
@@ -206,8 +208,6 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def hog_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    from skimage.feature import hog
-
     cell = max(1, min(8, min(a.shape) // 3))
     fa, fb = (hog(m, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(3, 3)) for m in (a, b))
     if _constant(fa) or _constant(fb):
@@ -235,7 +235,6 @@ def similarity(attributions: np.ndarray, others: np.ndarray, measures=("spearman
 class RandomisationResult:
     """Similarities to the trained model's explanations, per step: step 0 is the trained model itself, step i
     the model with layer i (cascading: layers 1..i) randomised."""
-
     mode: str
     layers: tuple[str, ...]                 # "original", then the randomised layers in order
     scores: dict[str, np.ndarray]           # measure -> [steps, N]
@@ -270,10 +269,6 @@ def parameter_randomisation_check(model: onnx.ModelProto | str | Path, images: n
     trained model and on each randomised model of :func:`randomised_models`, and compare. ``seed`` draws the
     new weights and seeds every explanation alike; ``runtime_options`` go to each GradientRuntime (layout,
     provider, threads, max_batch); randomised models bypass the gradient-model disk cache."""
-    from harness.attribution import explain
-    from harness.onnx_io import load_model
-    from harness.runtime import GradientRuntime
-
     source = load_model(model) if isinstance(model, (str, Path)) else model
     options = dict(runtime_options or {})
     options.pop("use_cache", None)
@@ -307,7 +302,6 @@ def random_other_classes(labels, num_classes: int, seed: int = DEFAULT_SEED, ima
     if images is None:
         draws = np.random.default_rng(seed).integers(0, num_classes - 1, size=len(labels))
     else:
-        from harness.attribution.engine import image_rng
 
         draws = np.array([image_rng(seed, x).integers(0, num_classes - 1) for x in images], np.int64)
     return draws + (draws >= labels)
@@ -316,8 +310,6 @@ def random_other_classes(labels, num_classes: int, seed: int = DEFAULT_SEED, ima
 def random_logit_attributions(runtime, images: np.ndarray, labels, method, context, seed: int = DEFAULT_SEED,
                               **method_parameters) -> tuple[np.ndarray, np.ndarray]:
     """Explanations of a random other class per image, [N, C, H, W], and those classes [N]."""
-    from harness.attribution import explain
-
     num_classes = runtime.signature.num_classes
     if num_classes is None:
         raise HarnessError("the number of classes of the model output is not static")

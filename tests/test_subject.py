@@ -1,0 +1,44 @@
+"""The model under evaluation: one way to read a model's card, data, targets and identity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.leaderboard import RunConfig
+from harness.subject import ModelUnderTest
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "exported_models" / "digits_cnn.onnx"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+def test_a_run_configuration_and_explicit_arguments_make_the_same_model():
+    config = RunConfig.load(None, models=[str(DIGITS)], images=5, seed=3, batch_size=4, gallery=2)
+    from_config = ModelUnderTest.from_config(DIGITS, config)
+    explicit = ModelUnderTest(DIGITS, images=5, seed=3, batch_size=4, gallery=2)
+    assert from_config.key == explicit.key and from_config.image_keys == explicit.image_keys
+    np.testing.assert_array_equal(from_config.x, explicit.x)
+    assert (from_config.seed, from_config.batch_size, from_config.gallery) == (3, 4, 2)
+
+
+def test_targets_are_the_labels_where_known_and_the_predictions_elsewhere():
+    model = ModelUnderTest(DIGITS, images=6)
+    np.testing.assert_array_equal(model.predictions, model.runtime.forward(model.x).argmax(axis=1))
+    np.testing.assert_array_equal(model.targets, model.data.labels)        # the digits are labelled
+    unlabelled = ModelUnderTest(DIGITS, images=6)
+    unlabelled.data.labels[:3] = -1
+    np.testing.assert_array_equal(unlabelled.targets[:3], unlabelled.predictions[:3])
+
+
+def test_the_key_changes_with_the_card_and_not_with_the_name():
+    plain = ModelUnderTest(DIGITS, images=2)
+    assert ModelUnderTest(DIGITS, images=2, name="other").key == plain.key
+    changed = ModelUnderTest(DIGITS, images=2, card_overrides={"mean": [0.4], "std": [0.2]})
+    assert changed.key != plain.key
