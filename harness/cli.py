@@ -14,13 +14,10 @@ import logging
 import os
 import sys
 import warnings
-from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 import click
 import numpy as np
-from onnx import helper
 
 from harness import DEFAULT_SEED, __version__
 from harness.attribution import Context, explain as explain_images, get_method
@@ -29,12 +26,14 @@ from harness.audit import run_audit
 from harness.bundled import DEFAULT_MODEL
 from harness.data import load_dataset
 from harness.data.folders import read_image
+from harness.demo import DEMO_EXPERIMENTS, DEMO_OUT, demo_check, run_demo
 from harness.errors import HarnessError
 from harness.experiments import get_experiment
-from harness.feeding import ImageAdapter, build_gradient_model
+from harness.feeding import build_gradient_model
 from harness.files import read_npy, writable_dir, writable_file
-from harness.gradcheck import DEFAULT_TOLERANCE, check_gradient
+from harness.gradcheck import DEFAULT_TOLERANCE, check_model
 from harness.gradients.builder import preparation_notes
+from harness.inspection import describe_model
 from harness.leaderboard import RunConfig, run_leaderboard
 from harness.metrics.certainty import mutual_information
 from harness.model_card import ModelCardError, read_card
@@ -186,43 +185,15 @@ def inspect(model, output, as_json, **card_facts):
     """Print MODEL's inputs, outputs, opsets, op histogram, its model card, and whether the gradient pass takes
     it (the same preparation and checks as gradgraph: what it would change, or why it refuses)."""
     proto = load_model(model)
-    initializers = {t.name for t in proto.graph.initializer}
-    histogram = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-                        for node in proto.graph.node)
-    report = {
-        "model": str(model),
-        "ir_version": proto.ir_version,
-        "opsets": {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import},
-        "inputs": [_describe(i) for i in proto.graph.input if i.name not in initializers],
-        "outputs": [_describe(o) for o in proto.graph.output],
-        "parameters": int(sum(_numel(t) for t in proto.graph.initializer)),
-        "op_histogram": dict(histogram.most_common()),
-    }
     try:
-        card = _read_card(proto, model, **card_facts)
-        report["model_card"] = _card_report(card)
+        card, problem = _read_card(proto, model, **card_facts), None
     except ModelCardError as error:
-        card = None
-        report["model_card"] = None
-        report["model_card_problem"] = str(error)
-    if card is None:    # gradgraph would refuse the same card: no verdict on the gradient either
-        report["gradient"] = {"supported": None, "reason": "not judged: the model card is inconsistent"}
-    else:
-        try:
-            grad_model = build_gradient_model(proto, card, output=output)
-            report["gradient"] = {"supported": True, "notes": preparation_notes(grad_model)}
-        except HarnessError as error:
-            report["gradient"] = {"supported": False, "reason": str(error)}
+        card, problem = None, str(error)
+    report = describe_model(proto, str(model), card, problem, output=output)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     _print_inspection(report)
-
-
-def _card_report(card) -> dict:
-    facts = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(card).items() if k != "sources"}
-    facts["from_graph"] = sorted(k for k, source in card.sources.items() if source == "graph")
-    return facts
 
 
 def _print_inspection(report: dict) -> None:
@@ -278,7 +249,7 @@ def check(model, images, directions, tolerance, output, input_alias, seed, as_js
     failure, 3 when the comparison is inconclusive."""
     proto = load_model(model)
     card = _read_card(proto, model, input_alias=input_alias, **card_facts)
-    result = _gradient_check(proto, card, images, directions, tolerance, output, seed)
+    result = check_model(proto, card, images, directions, tolerance, output, seed)
     _print_check(model, result, as_json)
     sys.exit(CHECK_EXIT[result.verdict])
 
@@ -479,14 +450,6 @@ def mutual_information_command(image, explanation, estimator, signed, as_json):
         click.echo(f"{value:.6f} nats ({estimator}, {x.size} pixel pairs)")
 
 
-DEMO_OUT = Path("reports") / "demo"
-# Every named method, plus the main paper's comparison of sampling distributions under one building block,
-# E|∇f| (abs-mean): the gradient alone, noise, the straight path, and suppression.
-DEMO_EXPERIMENTS = ("p-sweep", "alignment", "augmentation", "dropping")
-DEMO_METHODS = ("vanilla", "smoothgrad", "ig", "guided-ig", "suppression", "blur-ig", "expected-gradients",
-                "point+abs-mean", "normal+abs-mean", "linear+abs-mean")
-
-
 @main.command()
 @click.option("--out", default=str(DEMO_OUT), help="Run directory.")
 @click.option("--images", type=click.IntRange(min=1), default=12, help="Images per model.")
@@ -496,41 +459,14 @@ DEMO_METHODS = ("vanilla", "smoothgrad", "ig", "guided-ig", "suppression", "blur
 def demo(out, images, seed, quiet):
     """The main job on the bundled models: check the default's gradient graph against finite differences,
     run a leaderboard of every named method on generated data, run the papers' experiments, write the report."""
-
-
     writable_dir(out, "--out")
-    default = load_model(DEFAULT_MODEL)
-    check = _gradient_check(default, read_card(default, DEFAULT_MODEL), 8, 4, DEFAULT_TOLERANCE, None, seed)
+    check = demo_check(seed)
     _print_check(DEFAULT_MODEL.name, check, as_json=False)
     if not check.passed:
         sys.exit(1)
-    config = RunConfig.load(None, images=images, seed=seed, out=out, methods=list(DEMO_METHODS))
-    run_leaderboard(config, quiet=_quiet(quiet))
-    shapes = RunConfig.load(None, images=max(4, images // 2), seed=seed, out=out,
-                            models=[m for m in config.models if "shapes" in Path(m).stem])
-    for name in DEMO_EXPERIMENTS:
-        get_experiment(name)(shapes, quiet=_quiet(quiet))
-    report = write_report(out)
+    report, config = run_demo(out, images, seed, quiet=_quiet(quiet))
     click.echo(f"leaderboard of {len(config.methods)} methods on {len(config.models)} bundled models x {images} "
                f"images, and the experiments {', '.join(DEMO_EXPERIMENTS)}: {report}")
-
-
-def _gradient_check(proto, card, images: int, directions: int, tolerance: float, output, seed: int):
-    """Check the gradient model of ``proto`` on random inputs: random pixels through the card's preprocessing
-    where it states one, else standard normal values in the model's input space."""
-
-
-    runtime = GradientRuntime.from_card(proto, card, output=output)
-    rng = np.random.default_rng(seed)
-    declared = runtime.signature.input_shape[1:]
-    if card.input_size is None and all(isinstance(d, int) for d in declared) and runtime.adapter == ImageAdapter():
-        x = rng.standard_normal((images, *declared)).astype(np.float32)     # a tensor input, fed as it is
-    else:
-        card.require("input_size", why="to draw inputs of the model's size")
-        shape = (images, *card.input_size)
-        x = card.to_model(rng.random(shape, dtype=np.float32)) if card.states_preprocessing else \
-            rng.standard_normal(shape).astype(np.float32)
-    return check_gradient(runtime, x, directions=directions, tolerance=tolerance, seed=seed)
 
 
 def _print_check(name, result, as_json: bool) -> None:
@@ -548,17 +484,3 @@ def _print_check(name, result, as_json: bool) -> None:
                    f"the input; {result.kinks_crossed:,.0f} of them would change state within the step")
     if result.note:
         click.echo(f"  {result.note}")
-
-
-def _describe(value_info) -> dict:
-    tensor_type = value_info.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim]
-    return {"name": value_info.name, "type": helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-            if tensor_type.elem_type else "?", "shape": dims}
-
-
-def _numel(tensor) -> int:
-    count = 1
-    for d in tensor.dims:
-        count *= d
-    return count

@@ -35,7 +35,9 @@ from scipy.special import expit, softmax
 
 from harness import DEFAULT_SEED
 from harness.errors import HarnessError
+from harness.feeding import ImageAdapter
 from harness.gradients.freeze import frozen_model
+from harness.runtime import GradientRuntime
 
 DEFAULT_TOLERANCE = 1e-3
 DEFAULT_STEPS = (1e-1, 3e-2)
@@ -188,26 +190,26 @@ def _head_error(runtime, checked, head: str, x: np.ndarray, classes: np.ndarray)
     """The gradient of the head's output against the chain rule on the gradient of its input: for p =
     softmax(z), dp_c/dx = J^T (p_c (e_c - p)); for p = sigmoid(z), dp_c/dx = J^T (p_c (1 - p_c) e_c). Saturated
     inputs, where float32 cannot resolve p_c (1 - p_c), are left out; None when all are. The difference is
-    relative to the size of the terms the chain rule sums, J^T |seed|: where the classes' gradients nearly
+    relative to the size of the terms the chain rule sums, J^T |weights|: where the classes' gradients nearly
     cancel (near-identical rows of J), float32 resolves the sum only to that size."""
     logits = checked.forward(x).astype(np.float64)
     rows = np.arange(len(x))
     if head == "Softmax":
         p = softmax(logits, axis=1)
-        seed = -p[rows, classes][:, None] * p
-        seed[rows, classes] += p[rows, classes]
+        weights = -p[rows, classes][:, None] * p
+        weights[rows, classes] += p[rows, classes]
         usable = p.max(axis=1) < SATURATED
     else:
         p = expit(logits)
-        seed = np.zeros_like(p)
-        seed[rows, classes] = p[rows, classes] * (1 - p[rows, classes])
+        weights = np.zeros_like(p)
+        weights[rows, classes] = p[rows, classes] * (1 - p[rows, classes])
         usable = np.abs(p[rows, classes] - 0.5) < SATURATED - 0.5
     if not usable.any():
         return None
-    seed = seed[usable].astype(np.float32)
-    chained = checked.gradients(x[usable], seed)[1].astype(np.float64)
+    weights = weights[usable].astype(np.float32)
+    chained = checked.gradients(x[usable], weights)[1].astype(np.float64)
     direct = runtime.class_gradients(x[usable], classes[usable])[1].astype(np.float64)
-    magnitude = checked.gradients(x[usable], np.abs(seed))[1].astype(np.float64)
+    magnitude = checked.gradients(x[usable], np.abs(weights))[1].astype(np.float64)
     scale = max(np.linalg.norm(direct), np.linalg.norm(chained), np.linalg.norm(magnitude))
     return float(np.linalg.norm(direct - chained) / scale) if scale > 0 else 0.0
 
@@ -240,3 +242,21 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum(a * b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))
+
+
+def check_model(proto, card, images: int = 4, directions: int = 4, tolerance: float = DEFAULT_TOLERANCE,
+                output: str | None = None, seed: int = DEFAULT_SEED) -> GradientCheck:
+    """Check the gradient model of ``proto`` (with its ``card``) on random inputs drawn from ``seed``: random
+    pixels through the card's preprocessing where it states one, else standard normal values in the model's
+    input space (a model that takes plain tensors gets them as it declares them)."""
+    runtime = GradientRuntime.from_card(proto, card, output=output)
+    rng = np.random.default_rng(seed)
+    declared = runtime.signature.input_shape[1:]
+    if card.input_size is None and all(isinstance(d, int) for d in declared) and runtime.adapter == ImageAdapter():
+        x = rng.standard_normal((images, *declared)).astype(np.float32)     # a tensor input, fed as it is
+    else:
+        card.require("input_size", why="to draw inputs of the model's size")
+        shape = (images, *card.input_size)
+        x = card.to_model(rng.random(shape, dtype=np.float32)) if card.states_preprocessing else \
+            rng.standard_normal(shape).astype(np.float32)
+    return check_gradient(runtime, x, directions=directions, tolerance=tolerance, seed=seed)

@@ -22,7 +22,7 @@ from harness import __version__
 from harness.errors import HarnessError
 from harness.figures import figure_5, gallery
 from harness.metrics import get_metric
-from harness.metrics.certainty import MI_METRIC, NORMALISED_MI, REFERENCE_METHOD
+from harness.metrics.certainty import MI_METRIC, NORMALISED_MI, REFERENCE_METHOD, paired_ratio
 from harness.onnx_io import write_atomically
 from harness.store import ResultsStore
 
@@ -53,8 +53,7 @@ def bootstrap(values: np.ndarray, reference: np.ndarray | None = None) -> Cell:
     n = len(values)
     if n == 0:
         return Cell(np.nan, np.nan, np.nan, 0)
-    statistic = (lambda v, r: v.mean()) if reference is None else (lambda v, r: v.mean() / r.mean())
-    estimate = statistic(values, reference)
+    estimate = values.mean() if reference is None else paired_ratio(values, reference)
     picks = np.random.default_rng(BOOTSTRAP_SEED).integers(0, n, size=(BOOTSTRAP_ROUNDS, n))
     resampled = values[picks].mean(axis=1)
     if reference is not None:

@@ -235,18 +235,19 @@ class GradientRuntime:
             raise HarnessError(f"tensor {name!r} is not exposed by this runtime (exposed: {list(self.exposed)})")
         return self._batched([name], {self.signature.input_name: self._image_feed(x)}, self.forward_session)[0]
 
-    def gradients(self, x: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits [N, K] and the gradient of sum(seed * logits) w.r.t. x, both batched."""
-        logits, grads, _ = self.gradients_with_taps(x, seed)
+    def gradients(self, x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits [N, K] and the gradient of sum(weights * logits) w.r.t. x, both batched. ``weights`` [N, K]
+        is any weighting of the logits (the gradient model's ``grad_seed`` input; one-hot for one class)."""
+        logits, grads, _ = self.gradients_with_taps(x, weights)
         return logits, grads
 
-    def gradients_with_taps(self, x: np.ndarray, seed: np.ndarray):
+    def gradients_with_taps(self, x: np.ndarray, weights: np.ndarray):
         """Logits, input gradients and ``{tap: (value, gradient)}`` for a batch."""
         names = [self.signature.output_name, INPUT_GRAD]
         for tap in self.taps:
             names += [tap, f"{tap}_grad"]
         feeds = {self.signature.input_name: self._image_feed(x)}
-        feeds[GRAD_SEED] = self._seed_feed(seed, len(feeds[self.signature.input_name]))
+        feeds[GRAD_SEED] = self._weights_feed(weights, len(feeds[self.signature.input_name]))
         arrays = self._batched(names, feeds, self.session)
         taps = {tap: (arrays[2 + 2 * i], arrays[3 + 2 * i]) for i, tap in enumerate(self.taps)}
         return arrays[0].reshape(len(arrays[0]), -1), self.adapter.from_model(arrays[1]), taps
@@ -262,11 +263,11 @@ class GradientRuntime:
     def _image_feed(self, x: np.ndarray) -> np.ndarray:
         return self._validated(self.adapter.to_model(x))
 
-    def _seed_feed(self, seed: np.ndarray, rows: int) -> np.ndarray:
-        seed = np.ascontiguousarray(seed, dtype=np.float32)
-        if seed.shape[0] != rows:
-            raise HarnessError(f"grad_seed has {seed.shape[0]} rows for {rows} images")
-        return seed.reshape(rows, *(d or 1 for d in self.signature.class_shape))
+    def _weights_feed(self, weights: np.ndarray, rows: int) -> np.ndarray:
+        weights = np.ascontiguousarray(weights, dtype=np.float32)
+        if weights.shape[0] != rows:
+            raise HarnessError(f"the logit weights (grad_seed) have {weights.shape[0]} rows for {rows} images")
+        return weights.reshape(rows, *(d or 1 for d in self.signature.class_shape))
 
     def _batched(self, names: list[str], feeds: dict[str, np.ndarray], session) -> list[np.ndarray]:
         """Run ``names`` on ``session`` over the row-aligned ``feeds`` in chunks of ``max_batch``; a model
@@ -287,16 +288,16 @@ class GradientRuntime:
         return [np.concatenate(p) for p in parts]
 
     def class_gradients(self, x: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Gradients of the logit ``classes[i]`` of image ``i`` (one-hot seeds)."""
+        """Gradients of the logit ``classes[i]`` of image ``i`` (one-hot weights)."""
         classes = np.asarray(classes, dtype=np.int64).reshape(-1)
         k = self.signature.num_classes
         if k is None:
             raise HarnessError("the number of classes of the model output is not static")
         if classes.min(initial=0) < 0 or classes.max(initial=0) >= k:
             raise HarnessError(f"class indices must lie in [0, {k}); got {classes.min()}..{classes.max()}")
-        seed = np.zeros((len(classes), k), np.float32)
-        seed[np.arange(len(classes)), classes] = 1.0
-        return self.gradients(x, seed)
+        weights = np.zeros((len(classes), k), np.float32)
+        weights[np.arange(len(classes)), classes] = 1.0
+        return self.gradients(x, weights)
 
     def _validated(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)

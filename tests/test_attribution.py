@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.attribution import Context, explain, get_method, resolve_targets
-from harness.attribution.distributions import class_distribution, contrastive_attribution, contrastive_classes
+from harness.attribution.contrastive import class_distribution, contrastive_attribution, contrastive_classes
 from harness.attribution.engine import attribute
 from harness.attribution.samplers import SamplingError, riemann
 from harness.errors import HarnessError
@@ -217,7 +217,7 @@ def test_contrastive_attribution_keeps_only_what_beats_uniform_by_tau():
 
 
 def test_contrastive_explanations_batch_all_classes_and_keep_the_target(toy, images):
-    from harness.attribution.distributions import DistributionSettings, explain_contrastive
+    from harness.attribution.contrastive import DistributionSettings, explain_contrastive
 
     method = get_method("smoothgrad", samples=4)
     z, sets = explain_contrastive(toy, images, method, context(), settings=DistributionSettings(tau=0.0))

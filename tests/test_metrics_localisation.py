@@ -9,7 +9,7 @@ import pytest
 from harness.errors import HarnessError
 from harness.metrics import get_metric
 from harness.metrics.localisation import (energy_pointing_game, grid_pointing_game, grid_pointing_game_all_targets,
-                                          pointing_game, quadrant_shares, saliency_maps, target_quadrants)
+                                          pointing_game, quadrant_shares, channel_maps, target_quadrants)
 
 
 def hot(position, shape=(6, 6), value=1.0, channels=1) -> np.ndarray:
@@ -32,11 +32,11 @@ MASK = box(slice(1, 4), slice(2, 5))   # rows 1..3, columns 2..4
 # -- channel rule ------------------------------------------------------------------------------------------
 def test_channels_are_summed_and_single_maps_pass_through():
     a = np.arange(2 * 3 * 2 * 2, dtype=float).reshape(2, 3, 2, 2)
-    np.testing.assert_array_equal(saliency_maps(a), a.sum(axis=1))
-    np.testing.assert_array_equal(saliency_maps(a[:, :1]), a[:, 0])
-    np.testing.assert_array_equal(saliency_maps(a[:, 0]), a[:, 0])
+    np.testing.assert_array_equal(channel_maps(a), a.sum(axis=1))
+    np.testing.assert_array_equal(channel_maps(a[:, :1]), a[:, 0])
+    np.testing.assert_array_equal(channel_maps(a[:, 0]), a[:, 0])
     with pytest.raises(HarnessError, match="attributions"):
-        saliency_maps(a[0, 0])
+        channel_maps(a[0, 0])
 
 
 # -- pointing game -----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from harness.errors import HarnessError
+from harness.errors import SamplingError
 
 
 @dataclass(frozen=True)
@@ -40,5 +40,5 @@ AGGREGATORS: dict[str, Aggregator] = {a.name: a for a in (
 
 def get_aggregator(name: str) -> Aggregator:
     if name not in AGGREGATORS:
-        raise HarnessError(f"unknown aggregator {name!r}; known: {', '.join(AGGREGATORS)}")
+        raise SamplingError(f"unknown aggregator {name!r}; known: {', '.join(AGGREGATORS)}")
     return AGGREGATORS[name]

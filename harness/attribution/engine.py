@@ -90,7 +90,7 @@ def _sampled(runtime, x, targets, sampler: Sampler, aggregators: list[Aggregator
     needs_path = any(a.needs_path for a in aggregators)
     # Samplers that can write in place fill one buffer reused by every group (no concatenation, no fresh pages).
     buffer = (np.empty((min(n, images_per_group) * sampler.count, *x.shape[1:]), np.float32)
-              if hasattr(sampler, "draw_into") and not needs_path else None)
+              if sampler.in_place and not needs_path else None)
     start = 0
     while start < n:
         stop = min(n, start + images_per_group)

@@ -60,6 +60,7 @@ class Sampler:
     name: ClassVar[str]
     is_path: ClassVar[bool] = False
     adaptive: ClassVar[bool] = False   # needs the model while sampling (Guided IG)
+    in_place: ClassVar[bool] = False   # defines draw_into(x, rng, context, out): fills the engine's buffer
 
     @property
     def count(self) -> int:
@@ -78,6 +79,8 @@ SAMPLERS: dict[str, type[Sampler]] = {}
 
 
 def register(cls: type[Sampler]) -> type[Sampler]:
+    if cls.name in SAMPLERS:
+        raise RuntimeError(f"sampler {cls.name} is registered twice (a bug of the harness, not of the input)")
     SAMPLERS[cls.name] = cls
     return cls
 
@@ -87,6 +90,7 @@ def register(cls: type[Sampler]) -> type[Sampler]:
 class Point(Sampler):
     """x itself: the vanilla gradient."""
     name: ClassVar[str] = "point"
+    in_place: ClassVar[bool] = True
 
     @property
     def count(self) -> int:
@@ -104,6 +108,7 @@ class Point(Sampler):
 class Normal(Sampler):
     """x + N(0, σ²) with σ = level · (max(x) − min(x)) (SmoothGrad, Smilkov et al. 2017)."""
     name: ClassVar[str] = "normal"
+    in_place: ClassVar[bool] = True
     samples: int = 50
     level: float = 0.15
 
@@ -126,6 +131,7 @@ class Suppression(Sampler):
     is black in the model's input space, (0 − mean) / std, i.e. a pixel that is really absent;
     ``fill="zero"`` writes 0 into the normalised input instead (mid-grey for mean 0.5 models)."""
     name: ClassVar[str] = "suppression"
+    in_place: ClassVar[bool] = True
     samples: int = 50
     p: float = 0.7
     fill: str = "black"

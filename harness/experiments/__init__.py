@@ -16,7 +16,7 @@ EXPERIMENTS: dict[str, Callable] = {}
 def register(name: str):
     def decorate(function: Callable) -> Callable:
         if name in EXPERIMENTS:
-            raise HarnessError(f"experiment {name} is registered twice")
+            raise RuntimeError(f"experiment {name} is registered twice (a bug of the harness, not of the input)")
         EXPERIMENTS[name] = function
         return function
 

@@ -22,6 +22,7 @@ Every step that changed something leaves a note in ``PreparedModel.notes``; ``ha
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 
@@ -33,9 +34,11 @@ from onnx import helper, inliner, numpy_helper, shape_inference, version_convert
 from harness.errors import ModelSignatureError, first_line
 from harness.gradients.context import TensorInfo, tensor_info_from_value_info
 from harness.gradients.folding import fold_constants
-from harness.onnx_io import runnable
 from harness.gradients.graph import (STANDARD_DOMAINS, constant_node_value, default_opset, image_inputs,
-                                    set_default_opset)
+                                     set_default_opset)
+from harness.onnx_io import runnable
+
+log = logging.getLogger("harness")
 
 TARGET_OPSET = 17
 MIN_IR_VERSION = 8            # the IR of opset 17; every onnxruntime we support reads it
@@ -217,7 +220,8 @@ def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     light.functions.extend(model.functions)
     try:
         return shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
-    except Exception:  # shape inference is a best effort: the probe measures what it leaves open
+    except Exception as error:  # shape inference is a best effort: the probe measures what it leaves open
+        log.info("onnx shape inference gave up (%s); the probe run measures the shapes", first_line(error))
         return light
 
 

@@ -52,7 +52,7 @@ METRICS: dict[str, Metric] = {}
 
 def register(metric: Metric) -> Metric:
     if metric.name in METRICS:
-        raise HarnessError(f"metric {metric.name} is registered twice")
+        raise RuntimeError(f"metric {metric.name} is registered twice (a bug of the harness, not of the input)")
     METRICS[metric.name] = metric
     return metric
 

@@ -130,12 +130,20 @@ def mutual_information_batch(images: np.ndarray, attributions: np.ndarray, estim
     return np.array([mutual_information(x, z, estimator, absolute) for x, z in zip(images, attributions)])
 
 
+def paired_ratio(values: np.ndarray, reference: np.ndarray) -> float:
+    """Mean of ``values`` over the mean of ``reference`` on the images where both are finite (paired by image;
+    NaN when there are none): MI normalised to IG's (Figure 5). The leaderboard's bootstrap resamples this."""
+    values, reference = np.asarray(values, np.float64), np.asarray(reference, np.float64)
+    keep = np.isfinite(values) & np.isfinite(reference)
+    return float(values[keep].mean() / reference[keep].mean()) if keep.any() else float("nan")
+
+
 def normalised_to_reference(values: dict[str, np.ndarray], reference: str = REFERENCE_METHOD) -> dict[str, float]:
-    """Mean MI of each method over the mean MI of ``reference`` on the same images (Figure 5)."""
+    """Each method's MI normalised to ``reference``'s on the same images (:func:`paired_ratio`; Figure 5);
+    ``values`` maps methods to per-image MI in one image order."""
     if reference not in values:
         raise HarnessError(f"normalising needs the reference method {reference!r}")
-    base = float(np.nanmean(values[reference]))
-    return {method: float(np.nanmean(v)) / base for method, v in values.items()}
+    return {method: paired_ratio(v, values[reference]) for method, v in values.items()}
 
 
 register(Metric("mi", mutual_information_batch, higher_is_better=True,

@@ -25,12 +25,12 @@ import numpy as np
 import scipy.stats
 
 from harness.metrics import Metric, register
-from harness.metrics.localisation import saliency_maps
+from harness.metrics.localisation import channel_maps
 
 
 def _magnitudes(attributions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """|s| flattened, [N, H*W], and [N] whether each map is finite (non-finite rows are zeroed)."""
-    maps = saliency_maps(attributions)
+    maps = channel_maps(attributions)
     flat = np.abs(maps.reshape(len(maps), -1))
     finite = np.isfinite(flat).all(axis=1)
     return np.where(finite[:, None], flat, 0.0), finite

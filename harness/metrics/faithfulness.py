@@ -31,7 +31,7 @@ from scipy.special import softmax
 from harness.attribution.samplers import Context
 from harness.errors import HarnessError
 from harness.metrics import Metric, register
-from harness.metrics.localisation import saliency_maps
+from harness.metrics.localisation import channel_maps
 
 DEFAULT_STEPS = 32
 BLUR_SIZE = 11      # RISE's klen
@@ -86,7 +86,7 @@ def causal_curves(images: np.ndarray, attributions: np.ndarray, labels: np.ndarr
     if images.ndim != 4:
         raise HarnessError(f"images must be [N, C, H, W], got shape {list(images.shape)}")
     n, channels, height, width = images.shape
-    maps = saliency_maps(attributions)
+    maps = channel_maps(attributions)
     if maps.shape != (n, height, width):
         raise HarnessError(f"attributions {list(np.shape(attributions))} do not fit images {list(images.shape)}")
     labels = np.asarray(labels, np.int64).reshape(-1)

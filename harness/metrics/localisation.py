@@ -38,14 +38,18 @@ from harness.metrics import Metric, register
 TIES = ("any", "share")
 
 
-def saliency_maps(attributions: np.ndarray) -> np.ndarray:
-    """The channel rule: [N, C, H, W] summed over channels to [N, H, W] float64; [N, H, W] passes through."""
+def channel_maps(attributions: np.ndarray) -> np.ndarray:
+    """The channel rule of every map-based metric: attributions [N, C, H, W] summed over channels to maps
+    [N, H, W] (float64); maps [N, H, W] pass through."""
     a = np.asarray(attributions, np.float64)
     if a.ndim == 4:
         return a.sum(axis=1)
     if a.ndim == 3:
         return a
     raise HarnessError(f"attributions must be [N, C, H, W] or [N, H, W], got shape {list(a.shape)}")
+
+
+saliency_maps = channel_maps    # the old name (deprecated)
 
 
 def _checked_masks(masks: np.ndarray, maps: np.ndarray, what: str = "masks") -> np.ndarray:
@@ -67,7 +71,7 @@ def pointing_game(attributions: np.ndarray, masks: np.ndarray, tolerance: float 
         raise HarnessError(f"unknown tie rule {ties!r}; known: {', '.join(TIES)}")
     if tolerance < 0:
         raise HarnessError(f"the tolerance must be >= 0 pixels, got {tolerance}")
-    maps = saliency_maps(attributions)
+    maps = channel_maps(attributions)
     masks = _checked_masks(masks, maps)
     finite = _finite(maps)
     safe = np.where(finite[:, None, None], maps, 0.0)
@@ -93,7 +97,7 @@ def positive_share(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
 
 def energy_pointing_game(attributions: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """[N] share of the positive attribution mass on the object mask."""
-    maps = saliency_maps(attributions)
+    maps = channel_maps(attributions)
     masks = _checked_masks(masks, maps)
     scores = positive_share(np.where(np.isfinite(maps), maps, 0.0), masks)
     scores[~masks.any(axis=(1, 2)) | ~_finite(maps)] = np.nan
@@ -103,7 +107,7 @@ def energy_pointing_game(attributions: np.ndarray, masks: np.ndarray) -> np.ndar
 def quadrant_shares(attributions: np.ndarray) -> np.ndarray:
     """[N, 4] share of positive mass in each quadrant of the maps, in reading order (top-left, top-right,
     bottom-left, bottom-right); rows of 0 where a map has no positive mass, NaN where it is not finite."""
-    maps = saliency_maps(attributions)
+    maps = channel_maps(attributions)
     n, height, width = maps.shape
     if height % 2 or width % 2:
         raise HarnessError(f"a 2x2 grid needs an even height and width, got {height}x{width}")

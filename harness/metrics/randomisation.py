@@ -59,7 +59,7 @@ from harness.attribution import explain
 from harness.attribution.samplers import image_rng
 from harness.errors import HarnessError
 from harness.metrics import Metric, register
-from harness.metrics.localisation import saliency_maps
+from harness.metrics.localisation import channel_maps
 from harness.onnx_io import load_model
 from harness.runtime import GradientRuntime
 
@@ -178,12 +178,12 @@ def randomised_models(model: onnx.ModelProto, mode: str = "cascading", seed: int
 
 # -- similarity ---------------------------------------------------------------------------------------------
 def normalised_maps(attributions: np.ndarray, absolute: bool = True) -> np.ndarray:
-    """[N, H, W] in [0, 1]: the channel rule (``localisation.saliency_maps``) applied to |attributions| (or to the
+    """[N, H, W] in [0, 1]: the channel rule (``localisation.channel_maps``) applied to |attributions| (or to the
     signed ones), min-max normalised per map (a constant map becomes zeros). Takes [N, C, H, W] or [N, H, W]."""
     a = np.asarray(attributions, np.float64)
     if not np.isfinite(a).all():
         raise HarnessError("attributions hold NaN or infinite values")
-    maps = saliency_maps(np.abs(a) if absolute else a)
+    maps = channel_maps(np.abs(a) if absolute else a)
     low = maps.min(axis=(1, 2), keepdims=True)
     span = maps.max(axis=(1, 2), keepdims=True) - low
     return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
