@@ -27,20 +27,25 @@ from harness.errors import ModelCardError
 from harness.gradcheck import check_gradient
 from harness.metrics import get_metric
 from harness.metrics.certainty import REFERENCE_METHOD, normalised_to_reference
-from harness.metrics.randomisation import (parameterised_layers, random_logit_attributions, random_logit_similarity,
-                                           randomise_layers, similarity)
+from harness.metrics.randomisation import random_logit_attributions, random_logit_similarity
+from harness.metrics.similarity import similarity
 from harness.onnx_io import load_model, write_atomically
+from harness.render import PAGE_CSS
 from harness.runtime import GradientRuntime
 from harness.subject import ModelUnderTest
+from harness.surgery import parameterised_layers, randomise_layers
 
 AUDIT_METHODS = ("vanilla", "smoothgrad", "ig", "suppression")
 SANITY_METHODS = ("vanilla", "suppression")
+AUDIT_CSS = ("table{margin:.5em 0}td{text-align:left}"     # on top of the leaderboard's style sheet
+             ".v{font-weight:bold;color:white;padding:2px 6px;border-radius:3px}")
 SIMILARITY_LIMIT = 0.5        # SSIM to the randomised model's explanations at or above which a method is flagged
 LOGIT_SIMILARITY_LIMIT = 0.9  # SSIM to a random other class's explanation at or above which a method is flagged
 
 
 @dataclass
 class Check:
+    """One check of an audit: its name, verdict (PASS, WARN, FAIL, INFO, SKIPPED), why, and an optional table."""
     name: str
     verdict: str
     detail: str
@@ -143,9 +148,7 @@ def _sanity(proto, runtime, x, labels, context, seed, explanations: dict) -> lis
 def _write(out, model_path, checks: list[Check]) -> Path:
     colours = {"PASS": "#1a7f37", "FAIL": "#cf222e", "WARN": "#9a6700", "INFO": "#0969da", "SKIPPED": "#6e7781"}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Audit of {html.escape(Path(model_path).name)}"
-             "</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #ccc;padding:4px 8px}.v{font-weight:bold;color:white;padding:2px 6px;"
-             "border-radius:3px}</style></head><body>",
+             f"</title><style>{PAGE_CSS}{AUDIT_CSS}</style></head><body>",
              f"<h1>Audit of {html.escape(Path(model_path).name)}</h1><table><tr><th>check</th><th>verdict</th>"
              "<th>detail</th></tr>"]
     for check in checks:

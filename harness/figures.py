@@ -16,6 +16,7 @@ FIGURES_DIR = "figures"
 
 
 def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported here, after the backend is chosen)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -53,6 +53,7 @@ HEADS = ("Softmax", "Sigmoid")
 
 @dataclass(frozen=True)
 class GradientCheck:
+    """The result of a gradient check: the errors at every step, what was checked, and the verdict."""
     relative_error: float      # ||AD - FD|| / ||FD|| over all (input, direction) pairs, at the best step
     cosine: float              # cosine similarity of the AD and FD vectors at that step
     images: int

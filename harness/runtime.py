@@ -55,6 +55,7 @@ def pass_fingerprint() -> str:
 
 
 def cuda_driver_present() -> bool:
+    """Whether the NVIDIA driver library loads (the CUDA provider is only offered then)."""
     try:
         ctypes.CDLL("libcuda.so.1")
         return True
@@ -97,6 +98,8 @@ def inference_session(model: onnx.ModelProto, options, providers: list[str]):
 
 @dataclass(frozen=True)
 class ModelSignature:
+    """What a gradient model takes and gives: its image input (name and declared shape), the output it
+    differentiates, the number of classes K and the output's shape, and the tapped tensors."""
     input_name: str
     input_shape: tuple          # as declared, in the model's own layout; dim 0 is the batch
     output_name: str

@@ -31,6 +31,7 @@ REFERENCE_IMAGES = 16        # Expected Gradients' reference set
 
 
 def model_name(path: str | Path) -> str:
+    """A model's name from its file: the stem (``digits_cnn`` for ``.../digits_cnn.onnx``)."""
     return Path(path).stem
 
 

@@ -89,3 +89,10 @@ def test_every_error_class_lives_in_errors_py():
                     for base in node.bases):
                 outside.append(f"{name}.{node.name}")
     assert outside == []
+
+
+def test_every_public_module_level_function_and_class_has_a_docstring():
+    missing = [f"{name}.{node.name}" for name, tree in modules().items() if ".rules." not in f"{name}."
+               for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+               and not node.name.startswith("_") and not ast.get_docstring(node)]
+    assert missing == []

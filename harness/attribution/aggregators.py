@@ -17,6 +17,8 @@ from harness.errors import SamplingError
 
 @dataclass(frozen=True)
 class Aggregator:
+    """How one sample's gradient counts: ``contribution(grads, deltas)`` per row, summed over the samples
+    (divided by their number where ``is_mean``); eq. 7 of the main paper is ``abs-mean``."""
     name: str
     contribution: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
     is_mean: bool = True          # divide the sum by the number of samples
@@ -39,6 +41,7 @@ AGGREGATORS: dict[str, Aggregator] = {a.name: a for a in (
 
 
 def get_aggregator(name: str) -> Aggregator:
+    """The registered aggregator ``name``; SamplingError naming the known ones otherwise."""
     if name not in AGGREGATORS:
         raise SamplingError(f"unknown aggregator {name!r}; known: {', '.join(AGGREGATORS)}")
     return AGGREGATORS[name]

@@ -23,6 +23,8 @@ from harness.errors import HarnessError
 
 @dataclass(frozen=True)
 class DistributionSettings:
+    """The parameters of attribution distributions ("Now you see me!"): softmax temperature, threshold
+    tau, absolute values, and the reference code's class set (top-k plus the least likely class)."""
     temperature: float = 10.0
     tau: float = 0.01
     use_abs: bool = True

@@ -15,6 +15,8 @@ from harness.attribution.samplers import SAMPLERS, SamplingError
 
 @dataclass(frozen=True)
 class NamedMethod:
+    """A method as its authors define it: a sampler, an aggregator, a description and the parameters where it
+    departs from the sampler's defaults."""
     sampler: str
     aggregator: str
     description: str
@@ -35,6 +37,7 @@ NAMED_METHODS: dict[str, NamedMethod] = {
 
 
 def method_names() -> list[str]:
+    """The names of the named methods, in their canonical order."""
     return list(NAMED_METHODS)
 
 

@@ -52,11 +52,14 @@ class Context:
 
 @dataclass(frozen=True)
 class Samples:
+    """The sample points of one image, [S, C, H, W], and for path samplers the increment each stands for."""
     points: np.ndarray                 # [S, C, H, W]
     deltas: np.ndarray | None = None   # [S, C, H, W] path increments, for the "path" aggregator
 
 
 class Sampler:
+    """A sampling distribution q of gradient integration (eq. 7 and 11): a frozen parameter object whose
+    ``draw(x, rng, context)`` gives one image's samples; ``count`` samples per image."""
     name: ClassVar[str]
     is_path: ClassVar[bool] = False
     adaptive: ClassVar[bool] = False   # needs the model while sampling (Guided IG)
@@ -79,6 +82,7 @@ SAMPLERS: dict[str, type[Sampler]] = {}
 
 
 def register(cls: type[Sampler]) -> type[Sampler]:
+    """Class decorator: add a sampler class to ``SAMPLERS`` under its ``name`` (twice is a bug of ours)."""
     if cls.name in SAMPLERS:
         raise RuntimeError(f"sampler {cls.name} is registered twice (a bug of the harness, not of the input)")
     SAMPLERS[cls.name] = cls

@@ -63,8 +63,9 @@ def load_image_folder(path: str | Path, input_size, label_names=None, limit: int
     ``input_size`` is (C, H, W) with C 1 or 3. Images are sorted by name (paths relative to the folder, or as
     written in the CSV), then the labels take turns (the first image of each label, then the second, ...), and
     the first ``limit`` that load are kept — so a limited take is balanced across classes. Files without one of
-    ``extensions`` (case-insensitive) are ignored; unusable image files — and images over ``max_pixels`` pixels — are skipped with a
-    :class:`DataWarning`, and a missing CSV file likewise. Raises :class:`DataError` when nothing loads.
+    ``extensions`` (case-insensitive) are ignored; unusable image files — and images over ``max_pixels``
+    pixels — are skipped with a :class:`DataWarning`, and a missing CSV file likewise. Raises
+    :class:`DataError` when nothing loads.
     """
     channels, height, width = _checked_size(input_size)
     if limit is not None and limit < 1:

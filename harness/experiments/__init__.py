@@ -14,6 +14,7 @@ EXPERIMENTS: dict[str, Callable] = {}
 
 
 def register(name: str):
+    """Decorator: add an experiment's ``run(config, quiet)`` to ``EXPERIMENTS`` under ``name``."""
     def decorate(function: Callable) -> Callable:
         if name in EXPERIMENTS:
             raise RuntimeError(f"experiment {name} is registered twice (a bug of the harness, not of the input)")
@@ -24,6 +25,7 @@ def register(name: str):
 
 
 def get_experiment(name: str) -> Callable:
+    """The experiment ``name``'s run function; a HarnessError naming the known ones otherwise."""
     _load_all()
     if name not in EXPERIMENTS:
         raise HarnessError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
@@ -31,6 +33,7 @@ def get_experiment(name: str) -> Callable:
 
 
 def experiment_names() -> list[str]:
+    """The names of every experiment, sorted."""
     _load_all()
     return sorted(EXPERIMENTS)
 

@@ -26,6 +26,8 @@ PER_GROUP = 1000
 
 
 def sampler_groups() -> dict:
+    """Per group name, a function of the sample count that makes the group's sampler (the straight path,
+    normal noise and suppression at each level)."""
     groups = {"linear": lambda s: Linear(steps=s, rule="right")}
     groups.update({f"normal {level}": (lambda s, level=level: Normal(samples=s, level=level)) for level in LEVELS})
     groups.update({f"suppression {p}": (lambda s, p=p: Suppression(samples=s, p=p)) for p in LEVELS})
@@ -36,6 +38,8 @@ def sampler_groups() -> dict:
 def run(config, quiet: bool = False) -> list[Path]:
 
 
+    """Figure 4a: project each model's penultimate embeddings of natural images and of each group's samples
+    with a cosine-kernel PCA; write the centres' distances (CSV) and one figure per model."""
     out = Path(config.out) / "experiments"
     rows, written = [], []
     for model_path, name in zip(config.models, model_names(config.models)):

@@ -21,6 +21,8 @@ KEEP_RATIOS = (1.0, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 def run(config, quiet: bool = False) -> list[Path]:
 
 
+    """Figure 3: the true class's probability as pixels are kept at random (keep ratio 1 down to 0.1), per
+    model; writes the CSV and one figure per model."""
     out = Path(config.out) / "experiments"
     rows, written = [], []
     for model_path, name in zip(config.models, model_names(config.models)):

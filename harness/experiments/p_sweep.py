@@ -27,6 +27,8 @@ P_VALUES = tuple(round(0.1 * i, 1) for i in range(11))
 def run(config, quiet: bool = False, samples: int = 20) -> list[Path]:
 
 
+    """Figure 4b: suppression's mean MI and the RMS gradient norm of its samples for p from 0 to 1, per
+    model; writes the CSV and the figure."""
     mi = get_metric("mi")
     out = Path(config.out) / "experiments"
     rows = []

@@ -33,6 +33,7 @@ class TensorInfo:
 
 
 def tensor_info_from_value_info(value_info: onnx.ValueInfoProto) -> TensorInfo:
+    """A value info's element type and shape as a TensorInfo (unknown dims as None; no shape: unknown rank)."""
     tensor_type = value_info.type.tensor_type
     if not tensor_type.HasField("shape"):
         return TensorInfo(tensor_type.elem_type, None)

@@ -190,6 +190,7 @@ def _positive(f: Freezer, name: str) -> str:
 
 @freezes("Relu")
 def relu(f: Freezer) -> str:
+    """Relu held in its state at the reference input: the unit passes x where it was on, else gives 0."""
     on0, on = f.both(lambda u: _positive(f, u))
     f.produce(f.op("Where", on0, f.x(0), f.y0()))
     return f.changes(on0, on)
@@ -197,6 +198,7 @@ def relu(f: Freezer) -> str:
 
 @freezes("LeakyRelu", "PRelu")
 def leaky_relu(f: Freezer) -> str:
+    """LeakyRelu and PRelu held in their state: the slope of each unit's side of 0 at the reference input."""
     slope = f.x(1) if f.node.op_type == "PRelu" else f.scalar(f.attr("alpha", 0.01))
     on0, on = f.both(lambda u: _positive(f, u))
     f.produce(f.op("Where", on0, f.x(0), f.op("Mul", f.x(0), slope)))
@@ -219,6 +221,8 @@ def elu(f: Freezer) -> str:
 
 @freezes("Clip")
 def clip(f: Freezer) -> str:
+    """Clip held in its state: inside the bounds x passes, at a bound it stays at the bound's value."""
+
     def inside(u: str) -> str | None:
         tests = [f.op(compare, u, bound) for bound, compare in ((f.x(1), "Greater"), (f.x(2), "Less")) if bound]
         return tests[0] if len(tests) == 1 else (f.op("And", *tests) if tests else None)
@@ -233,6 +237,7 @@ def clip(f: Freezer) -> str:
 
 @freezes("HardSigmoid")
 def hard_sigmoid(f: Freezer) -> str:
+    """HardSigmoid held in its state: linear inside, constant where saturated at the reference input."""
     alpha, beta = f.scalar(f.attr("alpha", 0.2)), f.scalar(f.attr("beta", 0.5))
 
     def inside(u: str) -> str:
@@ -260,6 +265,7 @@ def hard_swish(f: Freezer) -> str:
 
 @freezes("Abs")
 def absolute(f: Freezer) -> str:
+    """Abs held in its state: the sign of each element at the reference input times x."""
     sign0, sign = f.both(lambda u: f.op("Sign", u))
     f.produce(f.op("Mul", f.x(0), sign0))
     return f.count(f.op("Not", f.op("Equal", sign0, sign)))

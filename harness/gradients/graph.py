@@ -21,6 +21,7 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def set_default_opset(model: onnx.ModelProto, version: int) -> None:
+    """Set the version of the standard ONNX domain of ``model`` to ``version``, in place."""
     for entry in model.opset_import:
         if entry.domain in STANDARD_DOMAINS:
             entry.version = version

@@ -51,6 +51,7 @@ METRICS: dict[str, Metric] = {}
 
 
 def register(metric: Metric) -> Metric:
+    """Add ``metric`` to the registry under its name (twice is a bug of ours); returns it."""
     if metric.name in METRICS:
         raise RuntimeError(f"metric {metric.name} is registered twice (a bug of the harness, not of the input)")
     METRICS[metric.name] = metric
@@ -58,6 +59,7 @@ def register(metric: Metric) -> Metric:
 
 
 def get_metric(name: str) -> Metric:
+    """The registered metric ``name``; a HarnessError naming the known ones otherwise."""
     _load_all()
     if name not in METRICS:
         raise HarnessError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
@@ -65,6 +67,7 @@ def get_metric(name: str) -> Metric:
 
 
 def metric_names() -> list[str]:
+    """The names of every registered metric, sorted."""
     _load_all()
     return sorted(METRICS)
 
