@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Protocol, runtime_checkable
 
 import numpy as np
 import onnx
@@ -106,6 +106,29 @@ class ModelSignature:
     num_classes: int | None
     taps: tuple = ()
     class_shape: tuple = ()     # the output's dims after the batch: (K,), or e.g. (K, 1, 1)
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """What the attribution engine and the metrics need of a runtime (:class:`GradientRuntime` is one): the
+    largest batch, the model's signature (K classes, tapped tensors), logits, and input gradients of weighted
+    logits, batched and with the tapped layers' values and gradients."""
+
+    max_batch: int
+    signature: ModelSignature
+    taps: tuple
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Logits [N, K] of images ``x`` [N, C, H, W]."""
+
+    def gradients(self, x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and the gradient of sum(weights * logits) with respect to ``x``."""
+
+    def gradients_with_taps(self, x: np.ndarray, weights: np.ndarray):
+        """Logits, input gradients, and {tap: (value, gradient)}."""
+
+    def class_gradients(self, x: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and the gradient of the logit ``classes[i]`` of each image ``i``."""
 
 
 class GradientRuntime:

@@ -15,19 +15,20 @@ from harness.attribution.engine import Method, attribute
 from harness.attribution.methods import NAMED_METHODS, get_method, method_names
 from harness.attribution.samplers import SAMPLERS, Context, SamplingError
 from harness.errors import HarnessError
+from harness.runtime import Runtime
 
 __all__ = ["NAMED_METHODS", "SAMPLERS", "Context", "DistributionSettings", "Method", "SamplingError", "attribute",
            "explain", "explain_contrastive", "get_method", "labels_or_predictions", "method_names",
            "resolve_targets"]
 
 
-def labels_or_predictions(runtime, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def labels_or_predictions(runtime: Runtime, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[N] the label where it is known (>= 0), else the predicted class; and [N] the predictions."""
     predicted = runtime.forward(np.asarray(x, np.float32)).argmax(axis=1)
     return np.where(np.asarray(labels) >= 0, labels, predicted), predicted
 
 
-def resolve_targets(runtime, x: np.ndarray, labels=None, classes=None, top_k: int | None = None) -> np.ndarray:
+def resolve_targets(runtime: Runtime, x: np.ndarray, labels=None, classes=None, top_k: int | None = None) -> np.ndarray:
     """Classes to explain, [N, K]: ``labels`` (one per image, or one for all), ``classes`` (the same list for
     every image), ``top_k`` predicted classes, or by default the predicted top-1."""
     n = len(x)
@@ -49,7 +50,7 @@ def resolve_targets(runtime, x: np.ndarray, labels=None, classes=None, top_k: in
     return targets
 
 
-def explain(runtime, x: np.ndarray, method: str | Method = "suppression", labels=None, classes=None,
+def explain(runtime: Runtime, x: np.ndarray, method: str | Method = "suppression", labels=None, classes=None,
             top_k: int | None = None, context: Context | None = None, seed: int = DEFAULT_SEED,
             times_input: bool = False, **parameters) -> np.ndarray:
     """Attributions of images ``x`` [N, C, H, W] (model-input space): [N, C, H, W] for one class per image,

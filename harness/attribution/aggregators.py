@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from harness.errors import SamplingError
+from harness.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Aggregator:
     on_layer: bool = False        # works on a tapped layer, not the input (gradcam.py)
 
 
-AGGREGATORS: dict[str, Aggregator] = {a.name: a for a in (
+AGGREGATORS = Registry("aggregator", SamplingError, entries=((a.name, a) for a in (
     # Gradients arrive in arrays the engine owns, so the elementwise maps work in place.
     Aggregator("abs-mean", lambda g, d: np.abs(g, out=g), description="E|∇f|, the paper's building block"),
     Aggregator("mean", lambda g, d: g, description="E[∇f] (SmoothGrad)"),
@@ -37,11 +38,9 @@ AGGREGATORS: dict[str, Aggregator] = {a.name: a for a in (
                description="Σ ∇f · Δx along a path (IG, Guided IG, Blur IG, Expected Gradients)"),
     Aggregator("grad-cam", None, on_layer=True,
                description="ReLU(Σ_c E[mean ∂y/∂A_c] A_c) on a tapped layer (Grad-CAM; gradcam.py)"),
-)}
+)))
 
 
 def get_aggregator(name: str) -> Aggregator:
     """The registered aggregator ``name``; SamplingError naming the known ones otherwise."""
-    if name not in AGGREGATORS:
-        raise SamplingError(f"unknown aggregator {name!r}; known: {', '.join(AGGREGATORS)}")
-    return AGGREGATORS[name]
+    return AGGREGATORS.lookup(name)

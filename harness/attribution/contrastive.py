@@ -19,6 +19,7 @@ from scipy.special import softmax
 from harness import DEFAULT_SEED
 from harness.attribution.engine import attribute
 from harness.errors import HarnessError
+from harness.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def contrastive_classes(logits: np.ndarray, target: int, top_k: int = 2, include
     return classes[: top_k + int(include_least)]
 
 
-def explain_contrastive(runtime, x: np.ndarray, method, context, labels=None, classes=None,
+def explain_contrastive(runtime: Runtime, x: np.ndarray, method, context, labels=None, classes=None,
                         settings: DistributionSettings = DistributionSettings(), seed: int | None = None):
     """Attribution-distribution explanations of images ``x`` [N, C, H, W] with any method.
 

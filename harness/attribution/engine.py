@@ -24,6 +24,7 @@ from harness.attribution.aggregators import Aggregator, get_aggregator
 from harness.attribution.gradcam import grad_cam
 from harness.attribution.samplers import Context, Sampler, SamplingError, image_rng, make_baseline
 from harness.errors import HarnessError
+from harness.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Method:
                                 "applies to it")
 
 
-def attribute(runtime, x: np.ndarray, targets: np.ndarray, method: Method, context: Context,
+def attribute(runtime: Runtime, x: np.ndarray, targets: np.ndarray, method: Method, context: Context,
               seed: int = DEFAULT_SEED, group_rows: int | None = None, progress=None) -> np.ndarray:
     """Attributions [N, K, C, H, W] (float32) of images ``x`` [N, C, H, W] (model-input space) for the
     classes ``targets`` [N, K]; Grad-CAM gives one channel, [N, K, 1, H, W]."""
@@ -68,8 +69,8 @@ def attribute(runtime, x: np.ndarray, targets: np.ndarray, method: Method, conte
     return result
 
 
-def aggregate_samples(runtime, x: np.ndarray, targets: np.ndarray, sampler: Sampler, aggregators, context: Context,
-                      seed: int = DEFAULT_SEED) -> dict[str, np.ndarray]:
+def aggregate_samples(runtime: Runtime, x: np.ndarray, targets: np.ndarray, sampler: Sampler, aggregators,
+                      context: Context, seed: int = DEFAULT_SEED) -> dict[str, np.ndarray]:
     """Several aggregates [N, K, C, H, W] of one set of samples, each gradient computed once: e.g. E|∇f| and
     E[∇f²] of the same suppressed images (the p-sweep). Sampling samplers only (not Guided IG or Grad-CAM)."""
     aggregators = [get_aggregator(name) for name in aggregators]

@@ -15,6 +15,7 @@ from scipy.ndimage import zoom
 
 from harness.attribution.samplers import image_rng
 from harness.errors import HarnessError
+from harness.runtime import Runtime
 
 
 def guess_cam_layer(model: onnx.ModelProto) -> str:
@@ -26,7 +27,7 @@ def guess_cam_layer(model: onnx.ModelProto) -> str:
     raise HarnessError("no global pooling found to place Grad-CAM after; name the layer (a 4-D feature map)")
 
 
-def grad_cam(runtime, x: np.ndarray, targets: np.ndarray, sampler, context, seed: int) -> np.ndarray:
+def grad_cam(runtime: Runtime, x: np.ndarray, targets: np.ndarray, sampler, context, seed: int) -> np.ndarray:
     """Grad-CAM maps [N, K, 1, H, W] for ``targets`` [N, K]; ``runtime`` must tap exactly one 4-D layer."""
     if len(runtime.taps) != 1:
         raise HarnessError("Grad-CAM needs a runtime with exactly one tapped layer")

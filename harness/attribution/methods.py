@@ -11,6 +11,7 @@ import numpy as np
 from harness.attribution.aggregators import AGGREGATORS
 from harness.attribution.engine import Method
 from harness.attribution.samplers import SAMPLERS, SamplingError
+from harness.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class NamedMethod:
     defaults: tuple = ()   # (parameter, value) pairs that differ from the sampler's own defaults
 
 
-NAMED_METHODS: dict[str, NamedMethod] = {
+NAMED_METHODS = Registry("method", SamplingError, entries={
     "vanilla": NamedMethod("point", "mean", "the gradient at x (Simonyan et al. 2014)"),
     "smoothgrad": NamedMethod("normal", "mean", "mean gradient under Gaussian noise, level 0.15 (Smilkov 2017)"),
     "ig": NamedMethod("linear", "path", "Integrated Gradients from a black baseline (Sundararajan 2017)"),
@@ -33,7 +34,7 @@ NAMED_METHODS: dict[str, NamedMethod] = {
     "blur-ig": NamedMethod("blur", "path", "Blur Integrated Gradients (Xu et al. 2020)"),
     "expected-gradients": NamedMethod("expected", "path", "baselines drawn from data (Erion et al. 2021)"),
     "grad-cam": NamedMethod("point", "grad-cam", "Grad-CAM on a tapped layer (Selvaraju et al. 2017)"),
-}
+}.items())
 
 
 def method_names() -> list[str]:

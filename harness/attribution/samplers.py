@@ -18,6 +18,7 @@ from scipy.ndimage import gaussian_filter
 
 from harness.attribution.guided import guided_ig
 from harness.errors import SamplingError
+from harness.registry import Registry
 
 
 def image_rng(seed: int, image: np.ndarray) -> np.random.Generator:
@@ -78,15 +79,12 @@ class Sampler:
         return Samples(out)
 
 
-SAMPLERS: dict[str, type[Sampler]] = {}
+SAMPLERS = Registry("sampler", SamplingError)
 
 
 def register(cls: type[Sampler]) -> type[Sampler]:
     """Class decorator: add a sampler class to ``SAMPLERS`` under its ``name`` (twice is a bug of ours)."""
-    if cls.name in SAMPLERS:
-        raise RuntimeError(f"sampler {cls.name} is registered twice (a bug of the harness, not of the input)")
-    SAMPLERS[cls.name] = cls
-    return cls
+    return SAMPLERS.add(cls.name, cls)
 
 
 @register

@@ -15,6 +15,7 @@ from harness.data.base import DataError, ImageSet, Preprocessing, match_channels
 from harness.data.digits import digits_split
 from harness.data.folders import load_image_folder
 from harness.data.shapes import generate_shapes
+from harness.registry import Registry
 
 __all__ = ["DATASETS", "DataError", "ImageSet", "Preprocessing", "load_dataset", "match_channels", "normalise"]
 
@@ -48,12 +49,12 @@ def _with_channels(images: ImageSet, channels: int) -> ImageSet:
                     images.masks, images.segments)
 
 
-DATASETS: dict[str, Callable[..., ImageSet]] = {
+DATASETS = Registry("dataset", DataError, entries={
     "shapes": _shapes("single"),
     "shapes-multi": _shapes("multi"),
     "shapes-grid": _shapes("grid"),
     "digits": _digits,
-}
+}.items())
 
 
 def load_dataset(source: str | Path, card, n: int | None = None, seed: int = DEFAULT_SEED) -> ImageSet:

@@ -9,33 +9,26 @@ from typing import Callable
 
 from harness.errors import HarnessError
 from harness.onnx_io import write_atomically
+from harness.registry import Registry
 
-EXPERIMENTS: dict[str, Callable] = {}
+EXPERIMENTS = Registry("experiment", sorted_names=True)
 
 
 def register(name: str):
     """Decorator: add an experiment's ``run(config, quiet)`` to ``EXPERIMENTS`` under ``name``."""
-    def decorate(function: Callable) -> Callable:
-        if name in EXPERIMENTS:
-            raise RuntimeError(f"experiment {name} is registered twice (a bug of the harness, not of the input)")
-        EXPERIMENTS[name] = function
-        return function
-
-    return decorate
+    return EXPERIMENTS.register(name)
 
 
 def get_experiment(name: str) -> Callable:
     """The experiment ``name``'s run function; a HarnessError naming the known ones otherwise."""
     _load_all()
-    if name not in EXPERIMENTS:
-        raise HarnessError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
-    return EXPERIMENTS[name]
+    return EXPERIMENTS.lookup(name)
 
 
 def experiment_names() -> list[str]:
     """The names of every experiment, sorted."""
     _load_all()
-    return sorted(EXPERIMENTS)
+    return EXPERIMENTS.names()
 
 
 def write_csv(path, rows: list[dict]):

@@ -26,22 +26,17 @@ from harness.gradients.graph import STANDARD_DOMAINS, attribute, default_opset, 
 from harness.gradients.prepare import PreparedModel
 from harness.gradients.registry import NON_DIFFERENTIABLE
 from harness.onnx_io import runnable
+from harness.registry import Registry
 
 REFERENCE_SUFFIX = "__at_x0"
 CHANGES = "kink_changes"
 
-FREEZERS: dict[str, Callable] = {}
+FREEZERS = Registry("kink freezer")
 
 
 def freezes(*op_types: str) -> Callable:
     """Register ``freezer`` as the way to hold each named op's kinks in their state at x0."""
-
-    def register(freezer: Callable) -> Callable:
-        for op_type in op_types:
-            FREEZERS[op_type] = freezer
-        return freezer
-
-    return register
+    return FREEZERS.register(*op_types)
 
 
 class Freezer:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-VJP_RULES: dict[str, Callable] = {}
+from harness.registry import Registry
+
+VJP_RULES = Registry("gradient rule")
 
 NON_DIFFERENTIABLE: frozenset[str] = frozenset(
     {
@@ -28,14 +30,7 @@ NON_DIFFERENTIABLE: frozenset[str] = frozenset(
 
 def vjp(*op_types: str) -> Callable:
     """Register ``rule`` as the VJP of each op type named."""
-    def register(rule: Callable) -> Callable:
-        for op_type in op_types:
-            if op_type in VJP_RULES:
-                raise ValueError(f"duplicate VJP rule for {op_type}")
-            VJP_RULES[op_type] = rule
-        return rule
-
-    return register
+    return VJP_RULES.register(*op_types)
 
 
 def load_rules() -> None:

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -47,29 +48,24 @@ class Metric:
         return np.asarray(self.compute(**{k: v for k, v in inputs.items() if k in self.accepts}), np.float64)
 
 
-METRICS: dict[str, Metric] = {}
+METRICS = Registry("metric", sorted_names=True)
 
 
 def register(metric: Metric) -> Metric:
     """Add ``metric`` to the registry under its name (twice is a bug of ours); returns it."""
-    if metric.name in METRICS:
-        raise RuntimeError(f"metric {metric.name} is registered twice (a bug of the harness, not of the input)")
-    METRICS[metric.name] = metric
-    return metric
+    return METRICS.add(metric.name, metric)
 
 
 def get_metric(name: str) -> Metric:
     """The registered metric ``name``; a HarnessError naming the known ones otherwise."""
     _load_all()
-    if name not in METRICS:
-        raise HarnessError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
-    return METRICS[name]
+    return METRICS.lookup(name)
 
 
 def metric_names() -> list[str]:
     """The names of every registered metric, sorted."""
     _load_all()
-    return sorted(METRICS)
+    return METRICS.names()
 
 
 def _load_all() -> None:

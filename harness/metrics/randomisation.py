@@ -26,7 +26,7 @@ from harness.errors import HarnessError
 from harness.metrics import Metric, register
 from harness.metrics.similarity import SIMILARITIES, normalised_maps, similarity
 from harness.onnx_io import load_model
-from harness.runtime import GradientRuntime
+from harness.runtime import GradientRuntime, Runtime
 from harness.surgery import (DISTRIBUTIONS, MODES, Layer, parameterised_layers, randomise_layers, randomised_models,
                              redraw)
 
@@ -115,7 +115,7 @@ def random_other_classes(labels, num_classes: int, seed: int = DEFAULT_SEED, ima
     return draws + (draws >= labels)
 
 
-def random_logit_attributions(runtime, images: np.ndarray, labels, method, context, seed: int = DEFAULT_SEED,
+def random_logit_attributions(runtime: Runtime, images: np.ndarray, labels, method, context, seed: int = DEFAULT_SEED,
                               **method_parameters) -> tuple[np.ndarray, np.ndarray]:
     """Explanations of a random other class per image, [N, C, H, W], and those classes [N]."""
     num_classes = runtime.signature.num_classes
