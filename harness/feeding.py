@@ -31,6 +31,7 @@ class ImageAdapter:
 
     @classmethod
     def for_input(cls, model: onnx.ModelProto, input_name: str | None, layout: str, image_size) -> "ImageAdapter":
+        """The adapter for ``input_name`` of ``model`` with the card's layout and image size."""
         if layout not in LAYOUTS:
             raise HarnessError(f"layout must be NCHW or NHWC, not {layout!r}")
         name = input_name or next(iter(image_inputs(model)), None)
@@ -52,6 +53,7 @@ class ImageAdapter:
         return (channels, height, width) if self.layout == "NCHW" else (height, width, channels)
 
     def to_model(self, x: np.ndarray) -> np.ndarray:
+        """Images [N, C, H, W] in the layout the model's input takes (NHWC, or flattened)."""
         x = np.asarray(x)
         if self.layout == "NCHW" and self.flat_size is None:
             return x

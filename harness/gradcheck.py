@@ -85,9 +85,11 @@ class GradientCheck:
 
     @property
     def passed(self) -> bool:
+        """Whether the verdict is a pass."""
         return self.verdict == "pass"
 
     def as_dict(self) -> dict:
+        """Every field, the verdict and ``passed``, as a JSON-able dict."""
         return {**asdict(self), "verdict": self.verdict, "passed": self.passed}
 
 

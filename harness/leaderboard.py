@@ -74,6 +74,7 @@ class RunConfig:
         return config
 
     def as_dict(self) -> dict:
+        """Every key of the configuration, as a dict (the store keeps it)."""
         return asdict(self)
 
 

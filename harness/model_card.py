@@ -63,10 +63,12 @@ class ModelCard:
 
     @property
     def num_classes(self) -> int | None:
+        """The number of labels, or None without labels."""
         return None if self.labels is None else len(self.labels)
 
     @property
     def states_preprocessing(self) -> bool:
+        """Whether the card states any preprocessing (mean, std or pixel range)."""
         return any(v is not None for v in (self.mean, self.std, self.pixel_range))
 
     @property
@@ -108,6 +110,7 @@ class ModelCard:
                                  f"sidecar MODEL{SIDECAR_SUFFIX}")
 
     def to_metadata(self) -> dict[str, str]:
+        """The card as ONNX metadata_props: one JSON value per stated fact."""
         facts = {k: v for k, v in asdict(self).items() if k not in ("extras", "sources") and v is not None}
         facts.update(self.extras)
         return {k: json.dumps(list(v) if isinstance(v, tuple) else v) for k, v in facts.items()}

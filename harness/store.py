@@ -228,6 +228,8 @@ class ResultsStore:
                 pass    # something else was written there: leave it
 
     def close(self) -> None:
+        """Close the store, release the run directory's lock, and remove a directory this run created
+        where nothing was written."""
         if self.connection is not None:
             self.connection.close()
             self.connection = None
@@ -244,6 +246,7 @@ class ResultsStore:
 
     @property
     def exists(self) -> bool:
+        """Whether the store file exists (it is created at the first write)."""
         return self.connection is not None
 
     @contextmanager
@@ -265,6 +268,7 @@ class ResultsStore:
         self._writer().execute("INSERT OR REPLACE INTO facts VALUES (?, ?)", (key, json.dumps(value)))
 
     def fact(self, key: str, default=None):
+        """The fact stored under ``key`` (``default`` where none)."""
         rows = self._read("SELECT value FROM facts WHERE key = ?", (key,))
         return default if not rows else json.loads(rows[0][0])
 
@@ -275,6 +279,7 @@ class ResultsStore:
                                (time.time(), json.dumps(selection, sort_keys=True)))
 
     def latest_run(self) -> list[dict] | None:
+        """What the latest run asked for (see :meth:`add_run`), or None."""
         rows = self._read("SELECT selection FROM runs ORDER BY id DESC LIMIT 1")
         return json.loads(rows[0][0]) if rows else None
 
@@ -304,6 +309,7 @@ class ResultsStore:
         return {r[0] for r in rows}
 
     def rows(self) -> list[dict]:
+        """Every result row as a dict, ordered by model, method, image and metric."""
         names = ["model", "model_key", "method", "parameters", "image", "image_key", "seed", "metric", "value",
                  "versions"]
         found = self._read(f"SELECT {', '.join(names)} FROM results ORDER BY model, method, image, metric")
@@ -312,6 +318,7 @@ class ResultsStore:
     # -- arrays (gallery maps and inputs) ---------------------------------------------------------------
     def add_array(self, kind: str, model_key: str, method: str, parameters: str, image_key: str, seed: int,
                   array: np.ndarray) -> None:
+        """Keep an array (a gallery map or input) as float16, once per key."""
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(array, np.float16), allow_pickle=False)
         self._writer().execute("INSERT OR IGNORE INTO arrays VALUES (?, ?, ?, ?, ?, ?, ?)",

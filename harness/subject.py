@@ -126,6 +126,7 @@ class ModelUnderTest:
 
     @functools.cached_property
     def runtime(self) -> GradientRuntime:
+        """The model's gradient runtime (built at the first use)."""
         return GradientRuntime.from_card(self.proto, self.card, max_batch=self.batch_size,
                                          exposed=[self.card.embedding] if self.expose_embedding else [])
 
@@ -141,6 +142,7 @@ class ModelUnderTest:
 
     @functools.cached_property
     def context(self) -> Context:
+        """Black, white and Expected Gradients' references in the model's input space."""
         return Context.from_card(self.card, self.card.to_model(self._references(self.source)))
 
     def _references(self, source) -> np.ndarray:
@@ -151,18 +153,21 @@ class ModelUnderTest:
         return load_dataset(source, self.card, n=REFERENCE_IMAGES, seed=self.seed + 1).images
 
     def facts(self) -> dict:
+        """What a store keeps of the model: its path, hash, card, images, targets and class names."""
         return {"path": _shown_path(self.path), "hash": self.hash,
                 "card": {k: v for k, v in asdict(self.card).items() if k != "sources"},
                 "images": list(self.data.names), "targets": self.targets.tolist(),
                 "label_names": list(self.data.label_names)}
 
     def can_compute(self, metric) -> bool:
+        """Whether the model's data give everything ``metric`` needs (masks, segments)."""
         available = {"images", "attributions", "labels", "runtime", "card", "other_attributions",
                      "masks" if self.data.masks is not None else None,
                      "segments" if self.data.segments is not None else None}
         return set(metric.needs) <= available
 
     def pixels(self, i: int) -> np.ndarray:
+        """Image ``i``'s pixels in [0, 1], [C, H, W]."""
         return self.data.images[i]
 
     def evaluate(self, method, chunk: np.ndarray, metrics: dict) -> tuple[dict, dict]:

@@ -28,6 +28,7 @@ class Cell:
     n: int
 
     def text(self, digits: int = 3) -> str:
+        """``mean [low, high]`` to ``digits`` decimals, or a dash for no value."""
         if not np.isfinite(self.mean):
             return "–"
         return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"

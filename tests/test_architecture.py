@@ -91,8 +91,15 @@ def test_every_error_class_lives_in_errors_py():
     assert outside == []
 
 
-def test_every_public_module_level_function_and_class_has_a_docstring():
-    missing = [f"{name}.{node.name}" for name, tree in modules().items() if ".rules." not in f"{name}."
-               for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
-               and not node.name.startswith("_") and not ast.get_docstring(node)]
+def test_every_public_function_class_and_method_has_a_docstring():
+    missing = []
+    for name, tree in modules().items():
+        if ".rules." in f"{name}.":
+            continue
+        public = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                  and not node.name.startswith("_")]
+        missing += [f"{name}.{node.name}" for node in public if not ast.get_docstring(node)]
+        missing += [f"{name}.{node.name}.{method.name}" for node in public if isinstance(node, ast.ClassDef)
+                    for method in node.body if isinstance(method, ast.FunctionDef)
+                    and not method.name.startswith("_") and not ast.get_docstring(method)]
     assert missing == []

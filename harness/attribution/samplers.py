@@ -37,6 +37,8 @@ class Context:
 
     @classmethod
     def from_card(cls, card, references: np.ndarray | None = None) -> "Context":
+        """The context a card gives: black and white in the model's input space where it states the
+        preprocessing and size (else None), and ``references`` as given."""
         if not card.states_preprocessing or card.input_size is None:
             return cls(None, None, references)
         preprocessing, channels = card.preprocessing, card.input_size[0]
@@ -96,12 +98,15 @@ class Point(Sampler):
 
     @property
     def count(self) -> int:
+        """One sample: the image itself."""
         return 1
 
     def draw(self, x, rng, context):
+        """The image itself, [1, C, H, W]."""
         return Samples(x[None])
 
     def draw_into(self, x, rng, context, out):
+        """Write the image into ``out[0]``."""
         out[0] = x
 
 
@@ -116,6 +121,7 @@ class Normal(Sampler):
 
     @property
     def count(self) -> int:
+        """Noisy copies per image."""
         return self.samples
 
     def draw_into(self, x, rng, context, out):
@@ -146,6 +152,7 @@ class Suppression(Sampler):
 
     @property
     def count(self) -> int:
+        """Suppressed copies per image."""
         return self.samples
 
     def draw_into(self, x, rng, context, out):
@@ -225,9 +232,11 @@ class Linear(Sampler):
 
     @property
     def count(self) -> int:
+        """Points on the straight path per image."""
         return self.steps
 
     def draw(self, x, rng, context):
+        """The Riemann points of the straight path from the baseline to ``x`` and their increments."""
         base = make_baseline(self.baseline, x, rng, context, self.blur_sigma)
         alphas, weights = riemann(self.steps, self.rule)
         direction = x - base
@@ -250,9 +259,11 @@ class Blur(Sampler):
 
     @property
     def count(self) -> int:
+        """Points on the blur path per image."""
         return self.steps
 
     def draw(self, x, rng, context):
+        """Images blurred from ``max_sigma`` down to 0 (Blur IG's path) and their increments."""
         sigmas = np.arange(self.steps + 1) * self.max_sigma / self.steps
         if self.sqrt:
             sigmas = np.sqrt(sigmas)
@@ -281,9 +292,12 @@ class Expected(Sampler):
 
     @property
     def count(self) -> int:
+        """Reference images drawn per image."""
         return self.samples
 
     def draw(self, x, rng, context):
+        """Points between drawn references and ``x`` at uniform positions (Expected Gradients) and their
+        increments."""
         if context.references is None or len(context.references) == 0:
             raise SamplingError("expected gradients needs reference images (baselines drawn from data)")
         if context.references.shape[1:] != x.shape:
@@ -310,6 +324,7 @@ class Guided(Sampler):
 
     @property
     def count(self) -> int:
+        """Steps of the adaptive path per image."""
         return self.steps
 
     def walk(self, x: np.ndarray, baselines: np.ndarray, grad_fn) -> np.ndarray:

@@ -41,6 +41,7 @@ class ImageSet:
         return len(self.images)
 
     def subset(self, index) -> "ImageSet":
+        """The images at ``index`` (with their labels, names, masks and segments)."""
         index = np.asarray(index)
         return ImageSet(self.images[index], self.labels[index], tuple(np.asarray(self.names, dtype=object)[index]),
                         self.label_names, None if self.masks is None else self.masks[index],

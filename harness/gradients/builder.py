@@ -122,6 +122,7 @@ class _Backward:
         self.shaped_like: dict[str, str] = {}  # gradient tensor -> the forward tensor whose shape it has
 
     def seed(self, tensor: str, grad: str) -> None:
+        """Add ``grad`` to the gradient of ``tensor`` (the pass starts here at the output)."""
         self.contributions[tensor].append(grad)
 
     def grad(self, tensor: str) -> str | None:
@@ -139,9 +140,11 @@ class _Backward:
         return self.finalised[tensor]
 
     def final_grad(self, tensor: str) -> str:
+        """The gradient of ``tensor``, or zeros of its shape where nothing reached it."""
         return self.grad(tensor) or self.emit.zeros_like(tensor)
 
     def run(self, nodes) -> None:
+        """Apply every node's rule in reverse order; collect all unsupported ops before refusing."""
         failures: dict[str, list[str]] = defaultdict(list)
         reasons: dict[str, str] = {}
         for node in nodes:

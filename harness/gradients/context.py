@@ -25,10 +25,12 @@ class TensorInfo:
 
     @property
     def rank(self) -> int | None:
+        """The number of dims, or None where unknown."""
         return None if self.dims is None else len(self.dims)
 
     @property
     def is_float(self) -> bool:
+        """Whether the tensor is floating point (or of unknown type)."""
         return self.elem_type in FLOAT_TYPES or self.elem_type == onnx.TensorProto.UNDEFINED
 
 
@@ -65,6 +67,7 @@ class GraphEmitter:
 
     # -- names and nodes ------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
+        """A tensor name not yet used in the graph, from ``hint``."""
         while True:
             self._counter += 1
             name = f"{hint}__g{self._counter}"
@@ -95,13 +98,16 @@ class GraphEmitter:
         return self._const_cache[key]
 
     def ints(self, values) -> str:
+        """An int64 constant holding ``values``; returns its name."""
         return self.const(np.asarray(values, dtype=np.int64).reshape(-1), np.int64)
 
     # -- tensor facts --------------------------------------------------------------------------------
     def info(self, name: str) -> TensorInfo:
+        """What shape inference knows of tensor ``name``."""
         return self.infos.get(name, TensorInfo(onnx.TensorProto.UNDEFINED, None))
 
     def rank(self, name: str) -> int:
+        """The rank of ``name``; UnsupportedConfiguration where shape inference left it open."""
         rank = self.info(name).rank
         if rank is None:
             raise UnsupportedConfiguration(f"the rank of tensor {name!r} is unknown after shape inference")
@@ -115,6 +121,7 @@ class GraphEmitter:
         return dims
 
     def elem_type(self, name: str) -> int:
+        """The element type of ``name`` (float where unknown)."""
         elem_type = self.info(name).elem_type
         return onnx.TensorProto.FLOAT if elem_type == onnx.TensorProto.UNDEFINED else elem_type
 
@@ -124,33 +131,40 @@ class GraphEmitter:
 
     # -- small composite builders --------------------------------------------------------------------
     def shape(self, name: str) -> str:
+        """A Shape node of ``name`` (one per tensor); returns its output."""
         if name not in self._shape_cache:
             self._shape_cache[name] = self.op("Shape", name)
         return self._shape_cache[name]
 
     def scalar(self, value: float, like: str) -> str:
+        """A scalar constant of ``like``'s element type."""
         return self.const(value, self.elem_type(like))
 
     def zeros_like(self, name: str) -> str:
+        """Zeros of ``name``'s shape and type."""
         zero = numpy_helper.from_array(np.zeros(1, helper.tensor_dtype_to_np_dtype(self.elem_type(name))))
         return self.op("ConstantOfShape", self.shape(name), value=zero)
 
     def reduce_sum(self, x: str, axes, keepdims: bool = True) -> str:
+        """ReduceSum over ``axes`` (given as an input, as opset 13 and later take them); ``x`` for no axes."""
         axes = [int(a) for a in axes]
         if not axes:
             return x
         return self.op("ReduceSum", x, self.ints(axes), keepdims=int(keepdims))
 
     def reduce_mean(self, x: str, axes, keepdims: bool = True) -> str:
+        """ReduceMean over ``axes``, written for the model's opset (axes an input from opset 18)."""
         axes = [int(a) for a in axes]
         if self.opset >= 18:
             return self.op("ReduceMean", x, self.ints(axes), keepdims=int(keepdims))
         return self.op("ReduceMean", x, axes=axes, keepdims=int(keepdims))
 
     def unsqueeze(self, x: str, axes) -> str:
+        """Unsqueeze at ``axes`` (as an input)."""
         return self.op("Unsqueeze", x, self.ints(sorted(axes)))
 
     def reshape_like(self, x: str, like: str) -> str:
+        """``x`` reshaped to ``like``'s run-time shape."""
         return self.op("Reshape", x, self.shape(like))
 
     def unbroadcast(self, grad: str, grad_shape_of: str, target: str) -> str:
@@ -206,9 +220,11 @@ class VJPContext:
     # -- the forward node -----------------------------------------------------------------------------
     @property
     def opset(self) -> int:
+        """The opset of the model being extended."""
         return self.emit.opset
 
     def attr(self, name: str, default=None):
+        """The forward node's attribute ``name`` (``default`` where absent)."""
         return attribute(self.node, name, default)
 
     def input(self, i: int) -> str | None:
@@ -219,6 +235,7 @@ class VJPContext:
 
     @property
     def num_inputs(self) -> int:
+        """How many inputs the forward node has."""
         return len(self.node.input)
 
     def output(self, i: int) -> str:
@@ -228,16 +245,20 @@ class VJPContext:
         return self._add_forward_output(self.node, i)
 
     def grad_output(self, i: int) -> str | None:
+        """The gradient of the node's output ``i`` (None where nothing reached it)."""
         return self._output_grads[i] if i < len(self._output_grads) else None
 
     def needs_grad(self, i: int) -> bool:
+        """Whether input ``i`` lies on the path from the image (its gradient is needed)."""
         return i < len(self._active_inputs) and self._active_inputs[i]
 
     def set_grad(self, i: int, grad: str) -> None:
+        """Contribute ``grad`` as the gradient of input ``i`` (ignored where it is not needed)."""
         if self.needs_grad(i):
             self.input_grads[i] = grad
 
     def require_inactive(self, *indices: int, why: str) -> None:
+        """Refuse (UnsupportedConfiguration, ``why``) where any of the inputs needs a gradient."""
         for i in indices:
             if self.needs_grad(i):
                 raise UnsupportedConfiguration(why)
@@ -254,13 +275,17 @@ class VJPContext:
 
     # -- shortcuts to the emitter ---------------------------------------------------------------------
     def op(self, op_type: str, *inputs, n_out: int = 1, **attrs):
+        """Emit an op into the gradient graph; returns its output name(s)."""
         return self.emit.op(op_type, *inputs, n_out=n_out, **attrs)
 
     def scalar(self, value: float, like: str) -> str:
+        """A scalar constant of ``like``'s element type."""
         return self.emit.scalar(value, like)
 
     def rank(self, name: str) -> int:
+        """The rank of tensor ``name``."""
         return self.emit.rank(name)
 
     def dims(self, name: str) -> tuple | None:
+        """The dims of tensor ``name`` as shape inference knows them (None for unknown ones)."""
         return self.emit.info(name).dims

@@ -47,6 +47,7 @@ class Partial:
         object.__setattr__(self, "values", np.asarray(self.values, dtype=object))
 
     def known(self) -> np.ndarray | None:
+        """The values as an array where every element is known, else None."""
         flat = self.values.ravel()
         if any(v is None or isinstance(v, str) for v in flat):
             return None
@@ -72,6 +73,8 @@ class _Folder:
         self.taken |= set(self.known) | {i.name for i in self.graph.input}
 
     def run(self) -> Counter:
+        """One pass over the graph in order: fold every node whose inputs are known, replace an If on a known
+        condition by its branch, and drop what no output needs; returns the counts of folded nodes and Ifs."""
         kept, dropped = [], set()
         queue = deque(self.graph.node)
         outputs = {o.name for o in self.graph.output}

@@ -48,13 +48,16 @@ class Freezer:
         self._reference = reference
 
     def x(self, i: int) -> str | None:
+        """The node's input ``i`` at the perturbed point (None where absent)."""
         return self.node.input[i] if i < len(self.node.input) and self.node.input[i] else None
 
     def x0(self, i: int) -> str | None:
+        """The node's input ``i`` at the reference point."""
         name = self.x(i)
         return None if name is None else self.at_x0(name)
 
     def y0(self, i: int = 0) -> str:
+        """The node's output ``i`` at the reference point."""
         return self.at_x0(self.node.output[i])
 
     def at_x0(self, name: str) -> str:
@@ -62,12 +65,15 @@ class Freezer:
         return self._reference(name)
 
     def attr(self, name: str, default=None):
+        """The node's attribute ``name`` (``default`` where absent)."""
         return attribute(self.node, name, default)
 
     def op(self, op_type: str, *inputs, n_out: int = 1, **attrs):
+        """Emit an op into the frozen graph; returns its output name(s)."""
         return self.emit.op(op_type, *inputs, n_out=n_out, **attrs)
 
     def scalar(self, value: float) -> str:
+        """A scalar constant of the node's input type."""
         return self.emit.scalar(value, self.node.input[0])
 
     def produce(self, tensor: str, i: int = 0) -> None:

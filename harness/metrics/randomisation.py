@@ -55,11 +55,13 @@ class RandomisationResult:
         return np.where(counts > 0, np.nansum(values, axis=1) / np.maximum(counts, 1), np.nan)
 
     def rows(self) -> list[dict]:
+        """One dict per step: its index, the randomised layer and each measure's mean."""
         means = {m: self.means(m) for m in self.scores}
         return [{"step": i, "layer": name, **{m: float(means[m][i]) for m in means}}
                 for i, name in enumerate(self.layers)]
 
     def format(self) -> str:
+        """The rows as a text table."""
         measures = list(self.scores)
         width = max(len(n) for n in self.layers)
         lines = [f"{'step':>4}  {'layer':<{width}}  " + "  ".join(f"{m:>8}" for m in measures)]
