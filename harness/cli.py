@@ -315,7 +315,7 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
     if references is not None:
         refs = card.to_model(load_dataset(references, card, n=64, seed=seed).images)
     taps = ()
-    if chosen.aggregator == "grad-cam":
+    if chosen.aggregator.on_layer:
 
         taps = (layer or guess_cam_layer(proto),)
     runtime = GradientRuntime.from_card(proto, card, max_batch=batch_size, taps=taps)

@@ -29,14 +29,17 @@ from harness.runtime import Runtime
 
 @dataclass(frozen=True)
 class Method:
-    """A sampler, an aggregator and the optional × input multiplier, under a display name."""
+    """A sampler, an aggregator and the optional × input multiplier, under a display name. The aggregator may
+    be given by its name; the method holds the :class:`Aggregator` itself."""
     name: str
     sampler: Sampler
-    aggregator: str
+    aggregator: Aggregator
     times_input: bool = False
 
     def __post_init__(self):
-        aggregator = get_aggregator(self.aggregator)
+        if isinstance(self.aggregator, str):
+            object.__setattr__(self, "aggregator", get_aggregator(self.aggregator))
+        aggregator = self.aggregator
         if aggregator.needs_path and not self.sampler.is_path:
             raise SamplingError(f"the {aggregator.name} aggregator needs a path sampler (linear, guided, blur, "
                                 f"expected), not {self.sampler.name}")
@@ -56,13 +59,13 @@ def attribute(runtime: Runtime, x: np.ndarray, targets: np.ndarray, method: Meth
     if x.ndim != 4 or targets.ndim != 2 or len(targets) != len(x):
         raise HarnessError(f"attribute needs images [N, C, H, W] and targets [N, K]; got {x.shape} and "
                            f"{targets.shape}")
-    if get_aggregator(method.aggregator).on_layer:
+    if method.aggregator.on_layer:
 
         result = grad_cam(runtime, x, targets, method.sampler, context, seed)
     elif method.sampler.adaptive:
         result = _adaptive(runtime, x, targets, method, context, seed)
     else:
-        result = _sampled(runtime, x, targets, method.sampler, [get_aggregator(method.aggregator)], context, seed,
+        result = _sampled(runtime, x, targets, method.sampler, [method.aggregator], context, seed,
                           group_rows, progress)[0]
     if method.times_input:
         result *= x[:, None]

@@ -75,4 +75,4 @@ def describe(method: Method) -> dict:
     params = {f.name: getattr(method.sampler, f.name) for f in fields(method.sampler)}
     params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in params.items()}
     return {"name": method.name, "sampler": method.sampler.name, "parameters": params,
-            "aggregator": method.aggregator, "times_input": method.times_input}
+            "aggregator": method.aggregator.name, "times_input": method.times_input}
