@@ -1,4 +1,5 @@
-"""The one owner of ONNX Runtime sessions: provider choice, session options, batching, gradient-model cache.
+"""The one owner of ONNX Runtime sessions: a gradient model (cached, :mod:`harness.cache`) and its sessions
+(:mod:`harness.sessions`), fed in the model's layout and in batches.
 
 Every runtime call of the harness goes through ``GradientRuntime``: it builds (or loads from the on-disk
 cache) the input-gradient model of a classifier and runs it in batches of at most ``max_batch`` images, so
@@ -7,12 +8,8 @@ memory stays bounded whatever the number of samples.
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol, runtime_checkable
@@ -21,79 +18,27 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from harness import __version__
+from harness.cache import cache_dir, cached_gradient_model, pass_fingerprint
 from harness.errors import HarnessError
 from harness.feeding import ImageAdapter, feeding_layout
-from harness.gradients import GRAD_SEED, INPUT_GRAD, add_input_gradient
+from harness.gradients import GRAD_SEED, INPUT_GRAD
 from harness.gradients.builder import INPUT_KEY, TARGET_KEY, tensor_value_info
 from harness.gradients.freeze import CHANGES, REFERENCE_SUFFIX
 from harness.gradients.prepare import PreparedModel, prepare
-from harness.onnx_io import content_hash, load_model, runnable, write_atomically
+from harness.onnx_io import load_model, runnable
+from harness.sessions import CPU, CUDA, choose_providers, cuda_driver_present, inference_session, unsound_optimizers
 
 log = logging.getLogger("harness")
 
+# The cache and the session helpers lived here; their names stay importable from this module.
+__all__ = ["CPU", "CUDA", "DEFAULT_MAX_BATCH", "GradientRuntime", "ModelSignature", "Runtime", "cache_dir",
+           "choose_providers", "cuda_driver_present", "forward_model", "inference_session", "pass_fingerprint",
+           "unsound_optimizers"]
+
 DEFAULT_MAX_BATCH = 32
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-
-
-def cache_dir() -> Path:
-    """Where gradient models are cached: $HARNESS_CACHE_DIR, else the user's cache folder."""
-    root = os.environ.get("HARNESS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "harness")
-    return Path(root) / "gradient-models"
-
-
-@functools.lru_cache(maxsize=1)
-def pass_fingerprint() -> str:
-    """What a cached gradient model depends on besides its model and request: the harness version, the
-    gradient pass's own source code, and the onnx and onnxruntime versions (conversion, inference, folding)."""
-    digest = hashlib.sha256("\0".join([__version__, onnx.__version__, ort.__version__]).encode())
-    for path in sorted(Path(__file__).resolve().parent.joinpath("gradients").rglob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def cuda_driver_present() -> bool:
-    """Whether the NVIDIA driver library loads (the CUDA provider is only offered then)."""
-    try:
-        ctypes.CDLL("libcuda.so.1")
-        return True
-    except OSError:
-        return False
 
 
 _announced: set[str] = set()
-
-
-def choose_providers(requested: str | None = None) -> list[str]:
-    """CUDA when its provider and a driver are present, else CPU; ``requested`` ("cpu"/"cuda") or
-    $HARNESS_PROVIDER overrides the choice."""
-    requested = (requested or os.environ.get("HARNESS_PROVIDER") or "auto").lower()
-    if requested not in ("auto", "cpu", "cuda"):
-        raise HarnessError(f"unknown provider {requested!r}; choose auto, cpu or cuda")
-    cuda_ok = CUDA in ort.get_available_providers() and cuda_driver_present()
-    if requested == "cuda" and not cuda_ok:
-        raise HarnessError("the CUDA provider was requested but no CUDA driver or onnxruntime-gpu is available")
-    return [CUDA, CPU] if cuda_ok and requested != "cpu" else [CPU]
-
-
-def unsound_optimizers(model: onnx.ModelProto) -> list[str]:
-    """ONNX Runtime optimisations that would change what ``model`` computes. onnxruntime 1.31's "Pad_Fusion"
-    merges a Pad into a following MaxPool's own padding, which pads with -inf instead of the Pad's zeros
-    (tf2onnx writes Keras' ZeroPadding2D before MaxPooling2D that way: probabilities 18% off). It is turned off
-    only for models with that pattern: elsewhere (Pad into Conv, AveragePool) it is sound and saves up to a
-    fifth of a forward call (measured on Keras' MobileNetV2)."""
-    pads = {node.output[0] for node in model.graph.node if node.op_type == "Pad"}
-    if any(node.op_type == "MaxPool" and node.input[0] in pads for node in model.graph.node):
-        return ["Pad_Fusion"]
-    return []
-
-
-def inference_session(model: onnx.ModelProto, options, providers: list[str]):
-    """An ONNX Runtime session for ``model`` without the optimisations that would change what it computes."""
-    return ort.InferenceSession(model.SerializeToString(), options, providers=providers,
-                                disabled_optimizers=unsound_optimizers(model))
 
 
 @dataclass(frozen=True)
@@ -156,7 +101,8 @@ class GradientRuntime:
         self._options = {"max_batch": max_batch, "threads": threads, "provider": provider, "use_cache": use_cache,
                          "layout": layout, "input": input, "image_size": image_size}
         self._image_shape = self.adapter.model_shape(image_size)
-        grad_model = self._gradient_model(source, output, self.taps, use_cache, input, self._image_shape)
+        grad_model = cached_gradient_model(source, output, self.taps, use_cache, input, self._image_shape,
+                                           validate=self._signature)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
@@ -199,26 +145,6 @@ class GradientRuntime:
         return inference_session(model, self._session_options, self._providers)
 
     # -- building -------------------------------------------------------------------------------------
-    @staticmethod
-    def _gradient_model(source: onnx.ModelProto, output, taps, use_cache: bool, input: str | None,
-                        image_shape: tuple | None) -> onnx.ModelProto:
-        request = json.dumps([pass_fingerprint(), output, input, image_shape, list(taps)]).encode()
-        path = cache_dir() / f"{content_hash(source)[:32]}-{hashlib.sha256(request).hexdigest()[:12]}.onnx"
-        if use_cache and path.exists():
-            try:
-                cached = onnx.load(str(path))
-                GradientRuntime._signature(cached)
-                return cached
-            except Exception:  # a damaged or foreign cache entry is rebuilt
-                log.warning("rebuilding damaged cache entry %s", path.name)
-        model = runnable(add_input_gradient(source, output=output, taps=taps, input=input, image_shape=image_shape))
-        if use_cache:
-            try:
-                write_atomically(path, model.SerializeToString())
-            except HarnessError as error:   # a cache only saves time: a full or read-only one costs no result
-                log.warning("the gradient model was not cached (%s)", error)
-        return model
-
     @staticmethod
     def _signature(model: onnx.ModelProto) -> ModelSignature:
         seed = next((i for i in model.graph.input if i.name == GRAD_SEED), None)

@@ -10,7 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import harness.runtime as runtime_module
+import harness.cache as cache_module
+import harness.sessions as sessions_module
 from harness.errors import HarnessError
 from harness.gradcheck import check_gradient
 from harness.runtime import CPU, CUDA, GradientRuntime, cache_dir, choose_providers
@@ -146,7 +147,7 @@ def test_second_construction_loads_the_cached_file(private_cache, images, monkey
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the gradient model was rebuilt although it is cached")
 
-    monkeypatch.setattr(runtime_module, "add_input_gradient", no_rebuild)
+    monkeypatch.setattr(cache_module, "add_input_gradient", no_rebuild)
     second = GradientRuntime(DIGITS)
     close(second.gradients(x, seed)[1], first.gradients(x, seed)[1])
     assert cached_files(private_cache) == files
@@ -289,7 +290,7 @@ def test_empty_batch_is_handled(runtime):
 
 # -- providers ----------------------------------------------------------------------------------------------
 def test_cpu_only_on_this_machine():
-    if CUDA in ort.get_available_providers() and runtime_module.cuda_driver_present():
+    if CUDA in ort.get_available_providers() and sessions_module.cuda_driver_present():
         pytest.skip("this machine has a usable CUDA provider")
     assert choose_providers() == [CPU]
     assert choose_providers("auto") == [CPU]
@@ -302,7 +303,7 @@ def test_cpu_only_on_this_machine():
 def fake_cuda(monkeypatch):
     """Pretend onnxruntime-gpu and a CUDA driver are present (choose_providers only, no session)."""
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
-    monkeypatch.setattr(runtime_module, "cuda_driver_present", lambda: True)
+    monkeypatch.setattr(sessions_module, "cuda_driver_present", lambda: True)
 
 
 def test_cuda_is_preferred_when_present_and_cpu_is_honoured(fake_cuda, monkeypatch):
@@ -316,7 +317,7 @@ def test_cuda_is_preferred_when_present_and_cpu_is_honoured(fake_cuda, monkeypat
 
 
 def test_cuda_without_driver_is_an_error(monkeypatch):
-    monkeypatch.setattr(runtime_module, "cuda_driver_present", lambda: False)
+    monkeypatch.setattr(sessions_module, "cuda_driver_present", lambda: False)
     with pytest.raises(HarnessError, match="CUDA"):
         choose_providers("cuda")
     monkeypatch.setenv("HARNESS_PROVIDER", "cuda")
@@ -328,7 +329,7 @@ def test_cuda_without_driver_is_an_error(monkeypatch):
 
 def test_cuda_driver_without_gpu_package_is_an_error(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
-    monkeypatch.setattr(runtime_module, "cuda_driver_present", lambda: True)
+    monkeypatch.setattr(sessions_module, "cuda_driver_present", lambda: True)
     with pytest.raises(HarnessError):
         choose_providers("cuda")
     assert choose_providers() == [CPU]
