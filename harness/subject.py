@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import DEFAULT_SEED
-from harness.attribution import Context, attribute
+from harness.attribution import Context, attribute, labels_or_predictions
 from harness.data import DATASETS, ImageSet, load_dataset
 from harness.errors import HarnessError
 from harness.metrics.randomisation import random_logit_attributions
@@ -131,14 +131,18 @@ class ModelUnderTest:
                                          exposed=[self.card.embedding] if self.expose_embedding else [])
 
     @functools.cached_property
+    def _targets_and_predictions(self) -> tuple[np.ndarray, np.ndarray]:
+        return labels_or_predictions(self.runtime, self.x, self.data.labels)
+
+    @property
     def predictions(self) -> np.ndarray:
         """[N] the model's top-1 class of each image."""
-        return self.runtime.forward(self.x).argmax(axis=1)
+        return self._targets_and_predictions[1]
 
-    @functools.cached_property
+    @property
     def targets(self) -> np.ndarray:
         """[N] the class each image is explained for: its label where known (>= 0), else the prediction."""
-        return np.where(self.data.labels >= 0, self.data.labels, self.predictions)
+        return self._targets_and_predictions[0]
 
     @functools.cached_property
     def context(self) -> Context:
