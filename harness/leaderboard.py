@@ -139,9 +139,9 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
 
         for model in models:
             applicable = {k: m for k, m in metrics.items() if model.can_compute(m)}
-            todo = {name: [i for i, key in enumerate(model.image_keys)
-                           if key not in store.done(model.key, name, parameters[name], config.seed, list(applicable))]
-                    for name in methods}
+            done = {name: store.done(model.key, name, parameters[name], config.seed, list(applicable))
+                    for name in methods}      # one query per method, not one per image
+            todo = {name: [i for i, key in enumerate(model.image_keys) if key not in done[name]] for name in methods}
             if not any(todo.values()):
                 continue
             bar = tqdm(total=len(methods) * len(model.data), desc=model.name, disable=quiet, unit="image")
