@@ -20,15 +20,12 @@ import click
 import numpy as np
 
 from harness import DEFAULT_SEED, __version__
-from harness.attribution import Context, explain as explain_images, get_method
-from harness.attribution.gradcam import guess_cam_layer
 from harness.audit import run_audit
 from harness.bundled import DEFAULT_MODEL
-from harness.data import load_dataset
-from harness.data.folders import read_image
 from harness.demo import DEMO_EXPERIMENTS, DEMO_OUT, demo_check, run_demo
 from harness.errors import HarnessError
 from harness.experiments import get_experiment
+from harness.explanation import explain_input
 from harness.feeding import build_gradient_model
 from harness.files import read_npy, writable_dir, writable_file
 from harness.gradcheck import DEFAULT_TOLERANCE, check_model
@@ -39,7 +36,6 @@ from harness.metrics.certainty import mutual_information
 from harness.model_card import ModelCardError, read_card
 from harness.onnx_io import load_model, write_atomically
 from harness.report import write_report
-from harness.runtime import GradientRuntime
 from harness.visual import save_side_by_side
 
 BAD_INPUT_EXIT = 2
@@ -287,61 +283,22 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
             times_input, seed, batch_size, out, png, **card_facts):
     """Explain one image: write its attribution (float32, the input's shape C x H x W; 1 x H x W for
     Grad-CAM) to OUT."""
-
-
-    if (image is None) == (tensor is None):
-        raise HarnessError("give exactly one of --image and --tensor")
     writable_file(out, "-o")
     if png:
         writable_file(png, "--png")
-    chosen = get_method(method, times_input=times_input, steps=steps, samples=samples, p=p, level=noise,
-                        baseline=baseline)
-    proto = load_model(model)
-    card = _read_card(proto, model, **card_facts)
-    pixels = None
-    if image is not None:
-
-        card.require("preprocessing", why="to read --image")
-        card.require("input_size", why="to read --image at the model's size")
-        try:
-            pixels = read_image(image, card.input_size)
-        except HarnessError as error:
-            raise HarnessError(f"--image {image}: {error}") from None
-        x = card.to_model(pixels[None])
-    else:
-        card.require("input_size", why="to check the shape of --tensor")
-        x = _load_tensor(tensor, card.input_size)
-    refs = None
-    if references is not None:
-        refs = card.to_model(load_dataset(references, card, n=64, seed=seed).images)
-    taps = ()
-    if chosen.aggregator.on_layer:
-
-        taps = (layer or guess_cam_layer(proto),)
-    runtime = GradientRuntime.from_card(proto, card, max_batch=batch_size, taps=taps)
-    attribution = explain_images(runtime, x, chosen, labels=None if label is None else [label],
-                                 context=Context.from_card(card, refs), seed=seed)[0]
-    if not np.isfinite(attribution).all():
-        raise HarnessError("the attribution holds NaN or infinite values; nothing was written")
+    card_file = card_facts.pop("card_file")
+    explanation = explain_input(model, image=image, tensor=tensor, label=label, method=method,
+                                references=references, layer=layer, seed=seed, batch_size=batch_size,
+                                card_file=card_file, card_overrides=_card_overrides(**card_facts),
+                                times_input=times_input, steps=steps, samples=samples, p=p, level=noise,
+                                baseline=baseline)
     buffer = io.BytesIO()
-    np.save(buffer, attribution.astype(np.float32))
+    np.save(buffer, explanation.attribution)
     write_atomically(out, buffer.getvalue())
     if png:
-
-        save_side_by_side(png, pixels, attribution)
-    click.echo(f"{chosen.name} attribution {list(attribution.shape)} written to {out}" + (f" and {png}" if png else ""))
-
-
-def _load_tensor(path: str, input_size) -> "np.ndarray":
-    x = read_npy(path, "--tensor")
-    if x.ndim == 3:
-        x = x[None]
-    if x.shape != (1, *input_size):
-        raise HarnessError(f"{path} holds shape {list(x.shape)}; the model wants (C, H, W) = {list(input_size)} "
-                           "or (1, C, H, W)")
-    if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
-        raise HarnessError(f"{path} must hold finite floating-point values")
-    return x.astype(np.float32)
+        save_side_by_side(png, explanation.pixels, explanation.attribution)
+    click.echo(f"{explanation.method} attribution {list(explanation.attribution.shape)} written to {out}"
+               + (f" and {png}" if png else ""))
 
 
 def run_options(command):

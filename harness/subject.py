@@ -75,6 +75,12 @@ def confined_source(source, model_path: Path):
     return path
 
 
+def reference_pixels(source, card, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Expected Gradients' reference set [REFERENCE_IMAGES, C, H, W] in [0, 1], drawn from ``source`` with the
+    seed after ``seed`` (a generator then gives images other than the ones under test)."""
+    return load_dataset(source, card, n=REFERENCE_IMAGES, seed=seed + 1).images
+
+
 def _shown_path(path: Path) -> str:
     """A model's path as a store keeps it: relative to the working directory where it lies beneath it (a
     committed store names no machine's folders)."""
@@ -154,7 +160,7 @@ class ModelUnderTest:
         from a folder its first 16, which the images under test already hold when there are that many."""
         if str(source) not in DATASETS and len(self.data) >= REFERENCE_IMAGES:
             return self.data.images[:REFERENCE_IMAGES]
-        return load_dataset(source, self.card, n=REFERENCE_IMAGES, seed=self.seed + 1).images
+        return reference_pixels(source, self.card, self.seed)
 
     def facts(self) -> dict:
         """What a store keeps of the model: its path, hash, card, images, targets and class names."""
