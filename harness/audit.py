@@ -13,7 +13,6 @@ earlier failure made it impossible) — and a sentence saying why. The report is
 
 from __future__ import annotations
 
-import html
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +29,13 @@ from harness.metrics.certainty import REFERENCE_METHOD, normalised_to_reference
 from harness.metrics.randomisation import random_logit_attributions, random_logit_similarity
 from harness.metrics.similarity import similarity
 from harness.onnx_io import load_model, write_atomically
-from harness.render import PAGE_CSS
+from harness.render import render_page
 from harness.runtime import GradientRuntime
 from harness.subject import ModelUnderTest
 from harness.surgery import parameterised_layers, randomise_layers
 
 AUDIT_METHODS = ("vanilla", "smoothgrad", "ig", "suppression")
 SANITY_METHODS = ("vanilla", "suppression")
-AUDIT_CSS = ("table{margin:.5em 0}td{text-align:left}"     # on top of the leaderboard's style sheet
-             ".v{font-weight:bold;color:white;padding:2px 6px;border-radius:3px}")
 SIMILARITY_LIMIT = 0.5        # SSIM to the randomised model's explanations at or above which a method is flagged
 LOGIT_SIMILARITY_LIMIT = 0.9  # SSIM to a random other class's explanation at or above which a method is flagged
 
@@ -146,25 +143,8 @@ def _sanity(proto, runtime, x, labels, context, seed, explanations: dict) -> lis
 
 
 def _write(out, model_path, checks: list[Check]) -> Path:
-    colours = {"PASS": "#1a7f37", "FAIL": "#cf222e", "WARN": "#9a6700", "INFO": "#0969da", "SKIPPED": "#6e7781"}
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Audit of {html.escape(Path(model_path).name)}"
-             f"</title><style>{PAGE_CSS}{AUDIT_CSS}</style></head><body>",
-             f"<h1>Audit of {html.escape(Path(model_path).name)}</h1><table><tr><th>check</th><th>verdict</th>"
-             "<th>detail</th></tr>"]
-    for check in checks:
-        parts.append(f"<tr><td>{html.escape(check.name)}</td><td><span class='v' style='background:"
-                     f"{colours.get(check.verdict, '#333')}'>{check.verdict}</span></td>"
-                     f"<td>{html.escape(check.detail)}</td></tr>")
-    parts.append("</table>")
-    for check in checks:
-        if check.table:
-            columns = list(check.table[0])
-            parts.append(f"<h2>{html.escape(check.name)}</h2><table><tr>"
-                         + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{html.escape(str(row[c]))}</td>" for c in columns) + "</tr>"
-                      for row in check.table]
-            parts.append("</table>")
-    parts.append("</body></html>")
+    """The audit's page (the ``audit.html.j2`` template, with the leaderboard's style sheet)."""
+    page = render_page("audit.html.j2", f"Audit of {Path(model_path).name}", checks=checks)
     path = Path(out) / "audit.html"
-    write_atomically(path, "".join(parts).encode())
+    write_atomically(path, page.encode())
     return path

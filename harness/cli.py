@@ -36,7 +36,7 @@ from harness.metrics.certainty import mutual_information
 from harness.model_card import ModelCardError, read_card
 from harness.onnx_io import load_model, write_atomically
 from harness.report import write_report
-from harness.visual import save_side_by_side
+from harness.visual import SCHEMES, save_side_by_side
 
 BAD_INPUT_EXIT = 2
 # Conditions of the machine that the user fixes (space, permissions), not bugs of the harness.
@@ -308,7 +308,8 @@ def run_options(command):
                      help="A TOML file whose keys mirror these options (the command line wins)."),
         click.option("--models", multiple=True, help="Model files (repeatable; default: every bundled model)."),
         click.option("--dataset", default=None,
-                     help="shapes, shapes-multi, shapes-grid, digits, a folder or a CSV (default: each model's own)."),
+                     help="shapes, shapes-multi, shapes-grid, digits, photos, a folder or a CSV (default: each "
+                          "model's own)."),
         click.option("--images", type=click.IntRange(min=1), default=None, help="Images per model (default 16)."),
         click.option("--seed", type=click.IntRange(min=0), default=None,
                      help=f"Seed of every random draw (default {DEFAULT_SEED})."),
@@ -340,21 +341,26 @@ def leaderboard(config_file, models, dataset, images, seed, out, batch_size, qui
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--colours", type=click.Choice(SCHEMES), default="auto", show_default=True,
+              help="Heatmaps: auto (sequential for non-negative maps, diverging at 0 for signed ones) or paper "
+                   "(min-max bwr, as the paper's figures).")
 @user_errors
-def report(run_dir):
-    """Re-render RUN_DIR's reports (Markdown, HTML, CSV, JSON, figures) from its results store alone."""
-    click.echo(f"report {write_report(run_dir)}")
+def report(run_dir, colours):
+    """Re-render RUN_DIR's reports (HTML, Markdown, CSV, JSON, figures) from its results store alone."""
+    click.echo(f"report {write_report(run_dir, scheme=colours)}")
 
 
 @main.command()
 @click.argument("name")
 @run_options
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Samples per image where the experiment draws them (p-sweep; default: the sampler's own).")
 @user_errors
-def experiment(name, config_file, models, dataset, images, seed, out, batch_size, quiet):
+def experiment(name, config_file, models, dataset, images, seed, out, batch_size, quiet, samples):
     """Run one of the papers' experiments (p-sweep, ...): its figure and its CSV go into OUT/experiments."""
     run = get_experiment(name)
     config = RunConfig.load(config_file, models=list(models) or None, dataset=dataset, images=images, seed=seed,
-                            out=out, batch_size=batch_size)
+                            out=out, batch_size=batch_size, samples=samples)
     writable_dir(config.out, "--out")
     written = run(config, quiet=_quiet(quiet))
     click.echo(f"{name}: wrote " + ", ".join(str(p) for p in written))

@@ -23,7 +23,7 @@ from harness.attribution.methods import describe
 from harness.bundled import bundled_models
 from harness.errors import HarnessError
 from harness.metrics import get_metric, metric_names
-from harness.store import ResultsStore, canonical
+from harness.store import ResultsStore, canonical, seconds_key
 from harness.subject import ModelUnderTest, model_names
 
 DEFAULT_METHODS = ("vanilla", "smoothgrad", "ig", "guided-ig", "suppression", "blur-ig", "expected-gradients")
@@ -44,6 +44,7 @@ class RunConfig:
     batch_size: int = 32
     chunk: int = 8
     gallery: int = 3             # images per model whose maps are kept for the figures
+    samples: int | None = None   # samples per image of the experiments that take it (None: the sampler's own)
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> "RunConfig":
@@ -71,6 +72,8 @@ class RunConfig:
         for name in ("seed", "gallery"):
             if getattr(config, name) < 0:
                 raise HarnessError(f"{where}{name} must not be negative, got {getattr(config, name)}")
+        if config.samples is not None and config.samples < 1:
+            raise HarnessError(f"{where}samples must be a positive integer, got {config.samples}")
         return config
 
     def as_dict(self) -> dict:
@@ -81,7 +84,7 @@ class RunConfig:
 # The TOML type of every key (bool is not an int here: `images = true` is a mistake).
 KEY_TYPES = {"models": (list, str), "methods": (list, str), "metrics": (list, str), "method_parameters": (dict, dict),
              "dataset": (str, None), "images": (int, None), "seed": (int, None), "out": (str, None),
-             "batch_size": (int, None), "chunk": (int, None), "gallery": (int, None)}
+             "batch_size": (int, None), "chunk": (int, None), "gallery": (int, None), "samples": (int, None)}
 TYPE_WORDS = {str: "a string", int: "an integer"}
 
 
@@ -150,7 +153,8 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
                 bar.update(len(model.data) - len(todo[method_name]))
                 for start in range(0, len(todo[method_name]), config.chunk):
                     chunk = np.asarray(todo[method_name][start:start + config.chunk])
-                    values, maps = model.evaluate(method, chunk, applicable)
+                    values, maps, seconds = model.evaluate(method, chunk, applicable)
+                    timing_key = seconds_key(model.key, method_name, parameters[method_name], config.seed)
                     with store.transaction():
                         if not introduced:
                             record_run()
@@ -161,6 +165,9 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
                             introduced = True
                         store.add_results(model.name, model.key, method_name, parameters[method_name],
                                           config.seed, values)
+                        timing = store.fact(timing_key, {"seconds": 0.0, "images": 0})
+                        store.set_fact(timing_key, {"seconds": timing["seconds"] + seconds,
+                                                    "images": timing["images"] + len(chunk)})
                         for i, attribution in maps.items():
                             store.add_array("map", model.key, method_name, parameters[method_name],
                                             model.image_keys[i], config.seed, attribution)

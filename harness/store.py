@@ -68,6 +68,12 @@ def canonical(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def seconds_key(model_key: str, method: str, parameters: str, seed: int) -> str:
+    """The fact under which a store keeps the attribution time of one method on one model: {"seconds",
+    "images"}, summed over the chunks that computed its rows (the machine's time, not part of the results)."""
+    return "seconds:" + json.dumps([model_key, method, parameters, seed])
+
+
 def verify_store(path: Path) -> None:
     """Refuse ``path`` unless it is a harness results store of this schema, reading its header only."""
     try:

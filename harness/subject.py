@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -76,8 +77,9 @@ def confined_source(source, model_path: Path):
 
 
 def reference_pixels(source, card, seed: int = DEFAULT_SEED) -> np.ndarray:
-    """Expected Gradients' reference set [REFERENCE_IMAGES, C, H, W] in [0, 1], drawn from ``source`` with the
-    seed after ``seed`` (a generator then gives images other than the ones under test)."""
+    """Expected Gradients' reference set [REFERENCE_IMAGES, C, H, W] in [0, 1], drawn from ``source`` (a
+    generator, a folder or a CSV) with the seed after ``seed``: a generator then gives images other than the ones
+    under test, and a folder another class-balanced sample (all of it when it holds fewer images)."""
     return load_dataset(source, card, n=REFERENCE_IMAGES, seed=seed + 1).images
 
 
@@ -153,14 +155,8 @@ class ModelUnderTest:
     @functools.cached_property
     def context(self) -> Context:
         """Black, white and Expected Gradients' references in the model's input space."""
-        return Context.from_card(self.card, self.card.to_model(self._references(self.source)))
+        return Context.from_card(self.card, self.card.to_model(reference_pixels(self.source, self.card, self.seed)))
 
-    def _references(self, source) -> np.ndarray:
-        """Reference pixels (Expected Gradients' baselines): 16 more images from a generator (the next seed);
-        from a folder its first 16, which the images under test already hold when there are that many."""
-        if str(source) not in DATASETS and len(self.data) >= REFERENCE_IMAGES:
-            return self.data.images[:REFERENCE_IMAGES]
-        return reference_pixels(source, self.card, self.seed)
 
     def facts(self) -> dict:
         """What a store keeps of the model: its path, hash, card, images, targets and class names."""
@@ -180,10 +176,14 @@ class ModelUnderTest:
         """Image ``i``'s pixels in [0, 1], [C, H, W]."""
         return self.data.images[i]
 
-    def evaluate(self, method, chunk: np.ndarray, metrics: dict) -> tuple[dict, dict]:
-        """Attributions of the chunk, each metric per image, and the gallery maps among them."""
+    def evaluate(self, method, chunk: np.ndarray, metrics: dict) -> tuple[dict, dict, float]:
+        """Attributions of the chunk, each metric per image, the gallery maps among them, and the seconds the
+        attributions took (runtime and sampling; the runtime is built before the clock starts)."""
         x, targets = self.x[chunk], self.targets[chunk]
-        attributions = attribute(self.runtime, x, targets[:, None], method, self.context, self.seed)[:, 0]
+        runtime, context = self.runtime, self.context
+        started = time.perf_counter()
+        attributions = attribute(runtime, x, targets[:, None], method, context, self.seed)[:, 0]
+        seconds = time.perf_counter() - started
         broken = ~np.isfinite(attributions.reshape(len(chunk), -1)).all(axis=1)
         if broken.any():
             names = [self.data.names[i] for i in chunk[broken]]
@@ -201,4 +201,4 @@ class ModelUnderTest:
         values = {(self.image_keys[i], self.data.names[i]): {name: float(s[j]) for name, s in scores.items()}
                   for j, i in enumerate(chunk)}
         maps = {int(i): attributions[j] for j, i in enumerate(chunk) if i < self.gallery}
-        return values, maps
+        return values, maps, seconds

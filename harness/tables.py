@@ -9,10 +9,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from harness.errors import HarnessError
 from harness.metrics import get_metric
 from harness.metrics.certainty import MI_METRIC, NORMALISED_MI, REFERENCE_METHOD, paired_ratio
+from harness.protocols import Protocol, applicable_protocols
+from harness.store import seconds_key
 
 BOOTSTRAP_ROUNDS = 1000
 BOOTSTRAP_SEED = 0
@@ -21,21 +24,39 @@ MI, REFERENCE = MI_METRIC, REFERENCE_METHOD
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of a leaderboard: the mean (or the ratio to IG), its 95% bootstrap interval, and n."""
+    """One cell of a leaderboard: the mean (or a ratio of means), its 95% bootstrap interval, and n."""
     mean: float
     low: float
     high: float
     n: int
 
     def text(self, digits: int = 3) -> str:
-        """``mean [low, high]`` to ``digits`` decimals, or a dash for no value."""
+        """``mean [low, high]`` to ``digits`` decimals; the mean alone where no interval exists (one image);
+        a dash for no value."""
         if not np.isfinite(self.mean):
             return "–"
+        if not (np.isfinite(self.low) and np.isfinite(self.high)):
+            return f"{self.mean:.{digits}f}"
         return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+    def holds(self, value: float) -> bool:
+        """Whether the interval contains ``value`` (a ratio's CI holding 1 is a tie)."""
+        return bool(self.low <= value <= self.high)
+
+
+def _mean(values, axis=-1):
+    return values.mean(axis=axis)
+
+
+def _ratio_of_means(values, reference, axis=-1):
+    return values.mean(axis=axis) / reference.mean(axis=axis)
 
 
 def bootstrap(values: np.ndarray, reference: np.ndarray | None = None) -> Cell:
-    """Mean (or ratio of means to ``reference``, paired by image) with a 95% percentile bootstrap interval."""
+    """Mean (or the ratio of means to ``reference``, paired by image: :func:`paired_ratio`) with its 95%
+    percentile bootstrap interval: ``scipy.stats.bootstrap``, images resampled 1000 times (paired: the same
+    images for both), fixed seed. Non-finite values (and their pairs) are left out; n counts the rest. One
+    image has no interval (NaN bounds)."""
     values = np.asarray(values, np.float64)
     keep = np.isfinite(values) if reference is None else np.isfinite(values) & np.isfinite(reference)
     values = values[keep]
@@ -44,12 +65,25 @@ def bootstrap(values: np.ndarray, reference: np.ndarray | None = None) -> Cell:
     if n == 0:
         return Cell(np.nan, np.nan, np.nan, 0)
     estimate = values.mean() if reference is None else paired_ratio(values, reference)
-    picks = np.random.default_rng(BOOTSTRAP_SEED).integers(0, n, size=(BOOTSTRAP_ROUNDS, n))
-    resampled = values[picks].mean(axis=1)
-    if reference is not None:
-        resampled = resampled / reference[picks].mean(axis=1)
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return Cell(float(estimate), float(low), float(high), n)
+    if n < 2:
+        return Cell(float(estimate), np.nan, np.nan, n)
+    data, statistic = ((values,), _mean) if reference is None else ((values, reference), _ratio_of_means)
+    result = stats.bootstrap(data, statistic, n_resamples=BOOTSTRAP_ROUNDS, paired=reference is not None,
+                             vectorized=True, method="percentile", rng=np.random.default_rng(BOOTSTRAP_SEED))
+    interval = result.confidence_interval
+    return Cell(float(estimate), float(interval.low), float(interval.high), n)
+
+
+def method_seconds(store) -> dict[tuple[str, str], float]:
+    """{(model, method): attribution seconds per image} for the store's latest run, from the times its runs
+    recorded (the machine that computed the rows; runtime and sampling, not the metrics)."""
+    seconds = {}
+    for chosen in store.latest_run() or []:
+        timing = store.fact(seconds_key(chosen["model_key"], chosen["method"], chosen["parameters"],
+                                        chosen["seed"]))
+        if timing and timing.get("images"):
+            seconds[(chosen["model"], chosen["method"])] = timing["seconds"] / timing["images"]
+    return seconds
 
 
 def selected_rows(store) -> tuple[list[dict], list[dict]]:
@@ -73,8 +107,12 @@ def selected_rows(store) -> tuple[list[dict], list[dict]]:
     return chosen, other
 
 
-def leaderboard_tables(rows: list[dict], store_path) -> dict:
-    """{model: {"columns": [...], "rows": [{"method": m, column: Cell}], "higher_is_better": {...}}}."""
+def leaderboard_tables(rows: list[dict], store_path, seconds: dict | None = None) -> dict:
+    """Per model: {"columns", "rows" (ranked, the reference method left out), "reference" (IG's row, shown
+    apart, or None), "higher_is_better", "protocols" (:func:`protocol_table` for each protocol the run holds),
+    "headlines" (one sentence per protocol)}. A row is {"method", "seconds" (attribution seconds per image, NaN
+    where unrecorded), column: Cell}. ``seconds`` is :func:`method_seconds`."""
+    seconds = seconds or {}
     table: dict = defaultdict(lambda: defaultdict(dict))       # model -> method -> metric -> {image: value}
     for row in rows:
         table[row["model"]][row["method"]].setdefault(row["metric"], {})[row["image_key"]] = (
@@ -88,11 +126,10 @@ def leaderboard_tables(rows: list[dict], store_path) -> dict:
         reference = methods.get(REFERENCE, {}).get(MI)
         rows = []
         for method, per_metric in methods.items():
-            row = {"method": method}
+            row = {"method": method, "seconds": seconds.get((model, method), np.nan)}
             if MI in per_metric and reference:
-                images = [i for i in per_metric[MI] if i in reference]     # in image-name order
-                row[NORMALISED_MI] = bootstrap(np.array([per_metric[MI][i] for i in images]),
-                                               np.array([reference[i] for i in images]))
+                values, paired = _paired(per_metric[MI], reference)
+                row[NORMALISED_MI] = bootstrap(values, paired)
             for name in metric_names:
                 row[name] = bootstrap(np.array(list(per_metric.get(name, {}).values())))
             rows.append(row)
@@ -102,9 +139,89 @@ def leaderboard_tables(rows: list[dict], store_path) -> dict:
         key = NORMALISED_MI if reference else (MI if MI in metric_names else metric_names[0])
         rows.sort(key=lambda r: -r[key].mean if np.isfinite(r[key].mean) else np.inf)
         columns = ([NORMALISED_MI] if reference else []) + metric_names
-        result[model] = {"columns": columns, "rows": rows,
-                         "higher_is_better": {NORMALISED_MI: True, **higher}}
+        mi_values = {method: per_metric[MI] for method, per_metric in methods.items() if MI in per_metric}
+        protocols = [protocol_table(p, mi_values, {m: seconds.get((model, m), np.nan) for m in p.methods})
+                     for p in applicable_protocols(mi_values)]
+        result[model] = {"columns": columns, "rows": [r for r in rows if not (reference and r["method"] == REFERENCE)],
+                         "reference": next((r for r in rows if reference and r["method"] == REFERENCE), None),
+                         "higher_is_better": {NORMALISED_MI: True, **higher}, "protocols": protocols,
+                         "headlines": [headline(model, t) for t in protocols]}
     return result
+
+
+def _paired(values: dict, reference: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The per-image values of two methods on the images both have (in the first one's order)."""
+    images = [i for i in values if i in reference]
+    return np.array([values[i] for i in images], np.float64), np.array([reference[i] for i in images], np.float64)
+
+
+def protocol_table(protocol: Protocol, mi: dict[str, dict], seconds: dict[str, float]) -> dict:
+    """One model's comparison under ``protocol`` from its per-image MI ({method: {image_key: MI}}): per method,
+    the mean MI with its CI, the paired ratio to the reference's MI, the paired ratio of the challenger's MI to
+    the method's (above 1: the challenger is ahead) and the images on which the challenger's MI is higher.
+
+    Returns {"protocol", "rows" (ranked by the ratio, the reference left out), "reference" (its row)}; a row is
+    {"method", "mi", "ratio", "versus", "wins", "images", "seconds"} ("versus" and "wins" are None for the
+    challenger itself)."""
+    rows = []
+    for method in protocol.methods:
+        values, reference = _paired(mi[method], mi[protocol.reference])
+        challenger, own = _paired(mi[protocol.challenger], mi[method])
+        both = np.isfinite(challenger) & np.isfinite(own)
+        rival = method != protocol.challenger
+        rows.append({"method": method, "mi": bootstrap(np.array(list(mi[method].values()), np.float64)),
+                     "ratio": bootstrap(values, reference), "versus": bootstrap(challenger, own) if rival else None,
+                     "wins": int((challenger[both] > own[both]).sum()) if rival else None,
+                     "images": int(both.sum()), "seconds": seconds.get(method, np.nan)})
+    ranked = sorted((r for r in rows if r["method"] != protocol.reference),
+                    key=lambda r: -r["ratio"].mean if np.isfinite(r["ratio"].mean) else np.inf)
+    return {"protocol": protocol, "rows": ranked,
+            "reference": next(r for r in rows if r["method"] == protocol.reference)}
+
+
+def headline(model: str, table: dict) -> str:
+    """One sentence of what a protocol found on a model: who leads, by how much over the reference (with the
+    CI), and where the challenger stands against the leader (ahead, behind, or a tie when the CI holds 1)."""
+    protocol, rows = table["protocol"], table["rows"] + [table["reference"]]
+    rows = [r for r in rows if np.isfinite(r["ratio"].mean)]
+    if not rows:
+        return f"{model}, {protocol.title}: no finite MI to compare."
+    leader = max(rows, key=lambda r: r["ratio"].mean)
+    text = f"{model}, {protocol.title}: {leader['method']} leads"
+    if leader["method"] != protocol.reference:
+        text += f" with {_times(leader['ratio'])} the MI of {protocol.reference}"
+    else:
+        text += " (it is the reference)"
+    challenger = next(r for r in rows if r["method"] == protocol.challenger) \
+        if any(r["method"] == protocol.challenger for r in rows) else None
+    if challenger is None or np.isnan(challenger["ratio"].mean):
+        return text + "."
+    if leader is challenger:
+        runner = max((r for r in rows if r is not leader), key=lambda r: r["ratio"].mean, default=None)
+        if runner is not None:
+            text += (f", and {_verdict(runner['versus'], 'the runner-up ' + runner['method'])}: "
+                     f"{_times(runner['versus'])}, higher MI on {runner['wins']} of {runner['images']} images")
+        return text + "."
+    text += (f"; {protocol.challenger} {_verdict(leader['versus'], 'it')}: {_times(leader['versus'])}, "
+             f"higher MI on {leader['wins']} of {leader['images']} images")
+    if leader["method"] != protocol.reference:
+        text += f", and has {_times(challenger['ratio'])} the MI of {protocol.reference}"
+    return text + "."
+
+
+def _times(cell: Cell) -> str:
+    """A ratio with its CI as prose: ``1.88× [1.62, 2.17]``."""
+    if not (np.isfinite(cell.low) and np.isfinite(cell.high)):
+        return f"{cell.mean:.2f}×"
+    return f"{cell.mean:.2f}× [95% CI {cell.low:.2f}, {cell.high:.2f}]"
+
+
+def _verdict(versus: Cell, other: str) -> str:
+    """The challenger against ``other`` from the ratio of their MI: ahead, behind, or tied where the ratio's
+    CI holds 1 (or there is no CI)."""
+    if not (np.isfinite(versus.low) and np.isfinite(versus.high)) or versus.holds(1.0):
+        return f"ties with {other}"
+    return f"is ahead of {other}" if versus.mean > 1 else f"falls behind {other}"
 
 
 def _column_order(name: str) -> tuple:

@@ -13,7 +13,6 @@ LAZY = {
        for name in ("alignment", "augmentation", "dropping", "p_sweep")},
     ("harness.figures", "matplotlib"): "the backend is chosen before pyplot is imported",
     ("harness.figures", "matplotlib.pyplot"): "the backend is chosen before pyplot is imported",
-    ("harness.visual", "matplotlib"): "colour maps only, and only when a heatmap is drawn",
 }
 
 

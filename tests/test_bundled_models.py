@@ -1,5 +1,5 @@
-"""Every bundled model: loads, has a complete card, keeps its card's accuracy on freshly generated data, fits
-the size budget, and its ONNX gradient graph agrees with torch autograd on the saved weights."""
+"""Every bundled model fits the size budget; every one trained here loads, has a complete card, keeps its card's
+accuracy on freshly generated data, and its ONNX gradient graph agrees with torch autograd on the saved weights."""
 
 from __future__ import annotations
 
@@ -19,16 +19,20 @@ from opcheck import relative_l2
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "exported_models"
 BUNDLED = sorted(MODELS_DIR.glob("*.onnx"))
-EXPECTED = {"digits_cnn", "shapes_resnet", "shapes_vgg", "shapes_vit", "shapes_resnet_augmented"}
+MB = 1e6
+# Pretrained models made by an export script of their own, not by train.py, each with its own size budget: they
+# have no training facts, synthetic test data or saved weights, so their own test files check them instead.
+PRETRAINED = {"efficientnet_lite0": 20 * MB}   # an ImageNet classifier (tests/test_efficientnet_lite0.py)
+TRAINED = [p for p in BUNDLED if p.stem not in PRETRAINED]
+EXPECTED = {"digits_cnn", "shapes_resnet", "shapes_vgg", "shapes_vit", "shapes_resnet_augmented", *PRETRAINED}
 PROVENANCE = ("architecture", "embedding", "opset", "made_by")
 TRAINING_FACTS = ("accuracy", "dataset", "data_seed")
-MB = 1e6
 
 
 def test_the_promised_models_are_bundled_within_the_size_budget():
     assert {p.stem for p in BUNDLED} >= EXPECTED
-    sizes = {p.name: p.stat().st_size for p in BUNDLED}
-    assert max(sizes.values()) <= 10 * MB, sizes
+    sizes = {p.stem: p.stat().st_size for p in BUNDLED}
+    assert all(size <= PRETRAINED.get(name, 10 * MB) for name, size in sizes.items()), sizes
     assert sum(sizes.values()) <= 40 * MB, sizes
 
 
@@ -51,7 +55,7 @@ def held_out():
     return get
 
 
-@pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])
+@pytest.mark.parametrize("path", TRAINED, ids=[p.stem for p in TRAINED])
 def test_card_is_complete_and_accuracy_holds_on_fresh_data(path, held_out):
     card = read_card(onnx.load(str(path)), model_path=path)
     for fact in PROVENANCE:
@@ -71,7 +75,7 @@ def test_card_is_complete_and_accuracy_holds_on_fresh_data(path, held_out):
     assert accuracy >= floor
 
 
-@pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])
+@pytest.mark.parametrize("path", TRAINED, ids=[p.stem for p in TRAINED])
 def test_gradient_graph_matches_torch_autograd_on_the_saved_weights(path, tmp_path):
     torch = pytest.importorskip("torch")
     from export_scripts.architectures import build

@@ -230,7 +230,7 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     result = invoke("demo", "--out", tmp_path, "--images", 1, "--quiet")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("PASS digits_cnn.onnx: gradient of 'logits' vs finite differences")
-    assert f"{tmp_path / 'leaderboard.md'}" in result.stdout
+    assert f"{tmp_path / 'leaderboard.html'}" in result.stdout
     for name in ("leaderboard.md", "leaderboard.html", "leaderboard.csv", "leaderboard.json", "results.sqlite",
                  "experiments/p-sweep.csv", "experiments/alignment.csv", "experiments/augmentation.csv",
                  "experiments/dropping.csv", "figures/figure5-normalised-mi.png"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import skimage.data
 from PIL import Image
 
 from harness.data import DATASETS, DataError, Preprocessing, load_dataset, match_channels, normalise
@@ -49,8 +50,32 @@ def test_a_folder_loads_through_the_same_interface(tmp_path):
         Image.new("RGB", (40, 40), colour).save(tmp_path / label / "a.png")
     images = load_dataset(tmp_path, card(3, 32))
     assert images.images.shape == (2, 3, 32, 32)
-    assert [images.label_names[i] for i in images.labels] == ["disc", "ring"]
-    np.testing.assert_allclose(images.images[0, :, 5, 5], [1, 0, 0])
+    assert sorted(images.label_names[i] for i in images.labels) == ["disc", "ring"]
+    disc = images.names.index("disc/a.png")
+    np.testing.assert_allclose(images.images[disc, :, 5, 5], [1, 0, 0])
+
+
+def test_photos_are_centre_crops_first_then_seeded_crops_of_the_same_photos():
+    from_seed = load_dataset("photos", card(3, 48), n=14, seed=2)
+    assert len({name.split("-")[-1] for name in from_seed.names[:10]}) == 10          # each photo once
+    assert (from_seed.labels == -1).all()
+    assert load_dataset("photos", card(3, 48), n=4, seed=2).images.tobytes() == from_seed.images[:4].tobytes()
+    other = load_dataset("photos", card(3, 48), n=14, seed=3)
+    assert other.names[:10] != from_seed.names[:10]                                   # the seed orders them
+    for name, image in zip(from_seed.names[:10], from_seed.images[:10]):             # centre crops: same pixels
+        np.testing.assert_array_equal(image, other.images[other.names.index(name)])
+    assert not np.array_equal(from_seed.images[10:], other.images[10:])
+    wide = load_dataset("photos", ModelCard("input", "NCHW", (1, 20, 40), (0.5,), (0.25,), None), n=12)
+    assert wide.images.shape == (12, 1, 20, 40) and 0 <= wide.images.min() and wide.images.max() <= 1
+
+
+def test_a_photo_crop_is_the_photo_resized():
+    """The coffee photo's centre crop at 40x60 (its own aspect) is the whole photo, downsampled."""
+    data = load_dataset("photos", ModelCard("input", "NCHW", (3, 40, 60), (0.5,) * 3, (0.25,) * 3, None), n=10)
+    coffee = data.images[data.names.index("photos-coffee")]
+    whole = np.asarray(Image.fromarray(skimage.data.coffee()).resize((60, 40), Image.Resampling.BICUBIC,
+                                                                        reducing_gap=3.0), np.float32) / 255
+    np.testing.assert_allclose(coffee, whole.transpose(2, 0, 1), atol=1e-6)
 
 
 def test_unknown_source_is_named():

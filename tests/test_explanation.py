@@ -31,7 +31,7 @@ def test_one_input_gets_the_attribution_a_run_stores_for_it(tmp_path, method, pa
     """Same card, same references (drawn as a run draws them), same per-image draws: the same numbers."""
     model = ModelUnderTest(DIGITS, dataset="digits", images=3, seed=11, gallery=3)
     chosen = get_method(method, **parameters)
-    _, maps = model.evaluate(chosen, np.arange(3), {})
+    _, maps, _ = model.evaluate(chosen, np.arange(3), {})
     for i in range(3):
         np.save(tmp_path / f"x{i}.npy", model.x[i])
         one = explain_input(DIGITS, tensor=tmp_path / f"x{i}.npy", label=int(model.targets[i]), method=method,

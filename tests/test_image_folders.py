@@ -42,6 +42,11 @@ def load_quietly(*args, **kwargs):
         return load_image_folder(*args, **kwargs)
 
 
+def by_name(data):
+    """The images in name order (the loader's own order is a seeded sample)."""
+    return data.subset(np.argsort(np.asarray(data.names)))
+
+
 @pytest.fixture
 def classes(tmp_path):
     """cat/ with two grey-60 images, dog/ with one grey-200 image."""
@@ -54,26 +59,27 @@ def classes(tmp_path):
 def test_class_folders_give_sorted_classes_labels_and_names(classes):
     data = load_quietly(classes, (3, 4, 4))
     assert data.label_names == ("cat", "dog")
-    assert data.names == ("cat/a.png", "dog/x.jpg", "cat/b.png")   # sorted, classes taking turns
-    assert data.labels.tolist() == [0, 1, 0]
+    assert data.labels[:2].tolist() in ([0, 1], [1, 0])                 # classes taking turns
+    data = by_name(data)
+    assert data.names == ("cat/a.png", "cat/b.png", "dog/x.jpg")
+    assert data.labels.tolist() == [0, 0, 1]
     assert data.labels.dtype == np.int64
     assert data.images.shape == (3, 3, 4, 4) and data.images.dtype == np.float32
     np.testing.assert_allclose(data.images[0], 60 / 255, atol=1e-6)
-    np.testing.assert_allclose(data.images[1], 200 / 255, atol=3 / 255)
+    np.testing.assert_allclose(data.images[2], 200 / 255, atol=3 / 255)
 
 
 def test_label_names_from_a_card_set_the_indices(classes):
-    data = load_quietly(classes, (3, 4, 4), label_names=("bird", "dog", "cat"))
+    data = by_name(load_quietly(classes, (3, 4, 4), label_names=("bird", "dog", "cat")))
     assert data.label_names == ("bird", "dog", "cat")
-    assert data.labels.tolist() == [2, 1, 2]
+    assert data.labels.tolist() == [2, 2, 1]
 
 
 def test_load_dataset_takes_size_and_labels_from_the_card(classes):
     card = ModelCard("x", "NCHW", (1, 5, 6), (0.5,), (0.25,), ("dog", "cat"))
-    data = load_dataset(classes, card, n=2)
+    data = by_name(load_dataset(classes, card, n=2))
     assert data.images.shape == (2, 1, 5, 6)
-    assert data.labels.tolist() == [1, 0]
-    assert data.names == ("cat/a.png", "dog/x.jpg")
+    assert data.names[1] == "dog/x.jpg" and data.labels.tolist() == [1, 0]      # one image of each class
 
 
 def test_a_class_folder_not_among_the_labels_is_an_error(classes):
@@ -84,18 +90,39 @@ def test_a_class_folder_not_among_the_labels_is_an_error(classes):
 def test_a_plain_folder_loads_unlabelled(tmp_path):
     for name in ("2.png", "1.png", "notes.txt"):
         (save(tmp_path / name, flat(10)) if name.endswith(".png") else (tmp_path / name).write_text("hi"))
-    data = load_quietly(tmp_path, (3, 4, 4), label_names=("a", "b"))
+    data = by_name(load_quietly(tmp_path, (3, 4, 4), label_names=("a", "b")))
     assert data.names == ("1.png", "2.png")
     assert data.labels.tolist() == [-1, -1]
     assert data.label_names == ("a", "b")
     assert load_quietly(tmp_path, (3, 4, 4)).label_names == ()
 
 
-def test_limit_takes_a_class_balanced_sorted_subset(classes):
+def test_limit_takes_a_class_balanced_subset(classes):
     data = load_quietly(classes, (3, 4, 4), limit=2)
-    assert data.names == ("cat/a.png", "dog/x.jpg")
+    assert sorted(data.labels.tolist()) == [0, 1]
     with pytest.raises(DataError):
         load_image_folder(classes, (3, 4, 4), limit=0)
+
+
+def test_a_limited_take_is_a_seeded_class_balanced_sample(tmp_path):
+    """Three classes of 4, 6 and 10 files: every take of 3k holds k of each class while each has that many;
+    the seed decides which files, a smaller take is a prefix of a larger one, and the sample does not follow the
+    sorted order of the names."""
+    for label, count in (("a", 4), ("b", 6), ("c", 10)):
+        for i in range(count):
+            save(tmp_path / label / f"{i:02d}.png", flat(10 * i, size=(2, 2)))
+    full = load_quietly(tmp_path, (1, 2, 2), seed=5)
+    assert sorted(full.names) == sorted(set(full.names)) and len(full) == 20
+    for take in (3, 6, 9, 12):
+        data = load_quietly(tmp_path, (1, 2, 2), limit=take, seed=5)
+        assert np.bincount(data.labels, minlength=3).tolist() == [take // 3] * 3
+        assert data.names == full.names[:take]
+    assert np.bincount(load_quietly(tmp_path, (1, 2, 2), limit=14, seed=5).labels).tolist() == [4, 5, 5]
+    samples = {load_quietly(tmp_path, (1, 2, 2), limit=6, seed=seed).names for seed in range(6)}
+    assert len(samples) > 3
+    assert all(names != tuple(sorted(names)) for names in samples)
+    again = load_quietly(tmp_path, (1, 2, 2), limit=6, seed=5)
+    assert again.names == full.names[:6] and again.images.tobytes() == full.images[:6].tobytes()
 
 
 @pytest.mark.parametrize("header", ["path,label\n", ""])
@@ -105,7 +132,7 @@ def test_csv_with_or_without_header_names_and_indices(tmp_path, header):
     save(tmp_path / "three.png", flat(128))
     table = tmp_path / "list.csv"
     table.write_text(header + "imgs/two.png,dog\nimgs/one.png,0\nthree.png,\n")
-    data = load_quietly(table, (3, 4, 4), label_names=("cat", "dog"))
+    data = by_name(load_quietly(table, (3, 4, 4), label_names=("cat", "dog")))
     assert data.names == ("imgs/one.png", "imgs/two.png", "three.png")
     assert data.labels.tolist() == [0, 1, -1]
     assert data.images[0].max() == 0.0 and data.images[1].min() == 1.0
@@ -116,9 +143,9 @@ def test_csv_without_label_names(tmp_path):
     save(tmp_path / "b.png", flat(0))
     (tmp_path / "names.csv").write_text("a.png,zebra\nb.png,ant\n")
     (tmp_path / "ints.csv").write_text("a.png,2\nb.png,0\n")
-    named = load_quietly(tmp_path / "names.csv", (1, 4, 4))
+    named = by_name(load_quietly(tmp_path / "names.csv", (1, 4, 4)))
     assert named.label_names == ("ant", "zebra") and named.labels.tolist() == [1, 0]
-    indexed = load_quietly(tmp_path / "ints.csv", (1, 4, 4))
+    indexed = by_name(load_quietly(tmp_path / "ints.csv", (1, 4, 4)))
     assert indexed.label_names == ("0", "1", "2") and indexed.labels.tolist() == [2, 0]
 
 

@@ -14,6 +14,7 @@ from harness import DEFAULT_SEED
 from harness.data.base import DataError, ImageSet, Preprocessing, match_channels, normalise
 from harness.data.digits import digits_split
 from harness.data.folders import load_image_folder
+from harness.data.photos import photo_images
 from harness.data.shapes import generate_shapes
 from harness.registry import Registry
 
@@ -44,6 +45,12 @@ def _digits(input_size, n, seed):
     return _with_channels(images if n is None else images.subset(range(min(n, len(images)))), input_size[0])
 
 
+def _photos(input_size, n, seed):
+    """Crops of the ten photos scikit-image and scikit-learn ship (harness.data.photos); the first ten are
+    centre crops."""
+    return photo_images(n or DEFAULT_COUNT, input_size, seed)
+
+
 def _with_channels(images: ImageSet, channels: int) -> ImageSet:
     return ImageSet(match_channels(images.images, channels), images.labels, images.names, images.label_names,
                     images.masks, images.segments)
@@ -54,14 +61,16 @@ DATASETS = Registry("dataset", DataError, entries={
     "shapes-multi": _shapes("multi"),
     "shapes-grid": _shapes("grid"),
     "digits": _digits,
+    "photos": _photos,
 }.items())
 
 
 def load_dataset(source: str | Path, card, n: int | None = None, seed: int = DEFAULT_SEED) -> ImageSet:
     """Images for the model described by ``card`` (a :class:`harness.model_card.ModelCard`).
 
-    Generated datasets take ``n`` images (default 64) from ``seed``; folders and CSV lists give ``n`` images
-    balanced across classes, resized, cropped and converted as :mod:`harness.data.folders` documents.
+    Generated datasets take ``n`` images (default 64) from ``seed``; folders and CSV lists give a
+    sample of ``n`` images drawn with ``seed`` and balanced across classes, resized, cropped and converted as
+    :mod:`harness.data.folders` documents.
     """
     if str(source) in DATASETS:
         card.require("input_size", why=f"to generate {source} images")
@@ -71,4 +80,4 @@ def load_dataset(source: str | Path, card, n: int | None = None, seed: int = DEF
         raise DataError(f"{source} is neither a bundled dataset ({', '.join(DATASETS)}) nor an existing path")
 
     card.require("input_size", why=f"to read the images of {source}")
-    return load_image_folder(path, tuple(card.input_size), label_names=card.labels, limit=n)
+    return load_image_folder(path, tuple(card.input_size), label_names=card.labels, limit=n, seed=seed)

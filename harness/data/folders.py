@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from harness import DEFAULT_SEED
 from harness.data.base import DataError, ImageSet, match_channels
 from harness.errors import DataWarning, SkippedFileWarning, SkippedImage
 
@@ -44,7 +45,8 @@ LABEL_HEADERS = {"label", "class", "class_name", "target", "category"}
 
 
 def load_image_folder(path: str | Path, input_size, label_names=None, limit: int | None = None,
-                      extensions=IMAGE_EXTENSIONS, max_pixels: int = MAX_PIXELS) -> ImageSet:
+                      extensions=IMAGE_EXTENSIONS, max_pixels: int = MAX_PIXELS,
+                      seed: int = DEFAULT_SEED) -> ImageSet:
     """The images under ``path`` as an :class:`ImageSet` of float32 pixels in [0, 1], [N, C, H, W].
 
     ``path`` is one of:
@@ -60,9 +62,11 @@ def load_image_folder(path: str | Path, input_size, label_names=None, limit: int
       and otherwise each distinct label is a class, in sorted order. The header is a first row naming a
       column (``path``, ``file``, ``image``, ... or ``label``, ``class``, ...) that is not itself a file.
 
-    ``input_size`` is (C, H, W) with C 1 or 3. Images are sorted by name (paths relative to the folder, or as
-    written in the CSV), then the labels take turns (the first image of each label, then the second, ...), and
-    the first ``limit`` that load are kept — so a limited take is balanced across classes. Files without one of
+    ``input_size`` is (C, H, W) with C 1 or 3. The images are a seeded, class-balanced sample: ``seed`` shuffles
+    the images of each label and the order of the labels, then the labels take turns (one image of each label,
+    then a second of each, ...), and the first ``limit`` that load are kept. A smaller ``limit`` under the same
+    seed takes a prefix of a larger one, and the sample does not depend on the order the files are listed in
+    (names are sorted before the draw). Files without one of
     ``extensions`` (case-insensitive) are ignored; unusable image files — and images over ``max_pixels``
     pixels — are skipped with a :class:`DataWarning`, and a missing CSV file likewise. Raises
     :class:`DataError` when nothing loads.
@@ -77,7 +81,7 @@ def load_image_folder(path: str | Path, input_size, label_names=None, limit: int
         entries, classes = _folder_entries(root, label_names, {e.lower() for e in extensions})
     else:
         raise DataError(f"{path} is neither an image folder nor a CSV file")
-    entries = _interleaved(sorted(entries, key=lambda entry: entry[0]))
+    entries = _balanced_sample(sorted(entries, key=lambda entry: entry[0]), seed)
     wanted = len(entries) if limit is None else min(limit, len(entries))
     images = np.empty((wanted, channels, height, width), np.float32)
     labels, names, skipped = [], [], 0
@@ -101,17 +105,18 @@ def load_image_folder(path: str | Path, input_size, label_names=None, limit: int
     return ImageSet(images, np.asarray(labels, np.int64), tuple(names), tuple(classes))
 
 
-def _interleaved(entries: list) -> list:
-    """Sorted entries reordered so that labels take turns: the first entry of each label (labels in order of
-    first appearance), then the second of each, and so on."""
-    rank: dict = {}
-    first_seen: dict = {}
-    keyed = []
+def _balanced_sample(entries: list, seed: int) -> list:
+    """Sorted (name, file, label) entries in a seeded, class-balanced order: each label's entries shuffled, the
+    labels in a shuffled order, and the labels taking turns (every label's first entry, then every second)."""
+    rng = np.random.default_rng(seed)
+    by_label: dict = {}
     for entry in entries:
-        label = entry[2]
-        first_seen.setdefault(label, len(first_seen))
-        rank[label] = rank.get(label, -1) + 1
-        keyed.append((rank[label], first_seen[label], entry))
+        by_label.setdefault(entry[2], []).append(entry)
+    labels = list(by_label)
+    turn = {labels[i]: position for position, i in enumerate(rng.permutation(len(labels)))}
+    keyed = []
+    for label, members in by_label.items():
+        keyed.extend((rank, turn[label], members[i]) for rank, i in enumerate(rng.permutation(len(members))))
     return [entry for _, _, entry in sorted(keyed, key=lambda item: item[:2])]
 
 
@@ -157,11 +162,22 @@ def _decoded(image: Image.Image, height: int, width: int, max_pixels: int) -> np
     image.load()  # raises for truncated or corrupt data
     if orientation != 1:
         image = ImageOps.exif_transpose(image)
-    image = _flattened(image)
-    w, h = image.size
+    return resized_crop(_flattened(image), height, width)
+
+
+def centre_box(size: tuple[int, int], height: int, width: int) -> tuple[float, float, float, float]:
+    """The largest box of aspect ``width : height`` centred in an image of ``size`` (w, h): what a resize that
+    just covers H x W followed by a centre crop keeps."""
+    w, h = size
     scale = max(width / w, height / h)
     crop_w, crop_h = width / scale, height / scale
-    box = ((w - crop_w) / 2, (h - crop_h) / 2, (w + crop_w) / 2, (h + crop_h) / 2)
+    return ((w - crop_w) / 2, (h - crop_h) / 2, (w + crop_w) / 2, (h + crop_h) / 2)
+
+
+def resized_crop(image: Image.Image, height: int, width: int, box=None) -> np.ndarray:
+    """The ``box`` (default: :func:`centre_box`) of an ``L``/``RGB``/``F`` image resized to H x W in one
+    antialiased bicubic step (sub-pixel placement), as float32 [K, H, W] in [0, 1]."""
+    box = centre_box(image.size, height, width) if box is None else box
     pixels = np.asarray(image.resize((width, height), RESAMPLE, box=box, reducing_gap=3.0), np.float32)
     if image.mode != "F":
         pixels = pixels / np.float32(255)

@@ -17,8 +17,8 @@ from sklearn.decomposition import KernelPCA
 from tqdm.auto import tqdm
 
 from harness.attribution.samplers import Linear, Normal, Suppression, image_rng
-from harness.experiments import register, write_csv
-from harness.figures import pyplot, save_figure
+from harness.experiments import register, save_with_caption, write_csv
+from harness.figures import pyplot
 from harness.subject import ModelUnderTest, model_names
 
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -36,10 +36,8 @@ def sampler_groups() -> dict:
 
 @register("alignment")
 def run(config, quiet: bool = False) -> list[Path]:
-
-
     """Figure 4a: project each model's penultimate embeddings of natural images and of each group's samples
-    with a cosine-kernel PCA; write the centres' distances (CSV) and one figure per model."""
+    with a cosine-kernel PCA; write the centres' distances (CSV) and one figure per model, with its caption."""
     out = Path(config.out) / "experiments"
     rows, written = [], []
     for model_path, name in zip(config.models, model_names(config.models)):
@@ -66,14 +64,15 @@ def run(config, quiet: bool = False) -> list[Path]:
                          "centre_x": float(centres[group][0]), "centre_y": float(centres[group][1]),
                          "centre_distance_to_natural": float(np.linalg.norm(centres[group] - centres["natural"])),
                          "mean_cosine_to_natural_mean": float(cosine.mean())})
-        written.append(_figure(model.name, projection, bounds, list(embeddings), centres,
-                               out / f"alignment-{model.name.replace('/', '-')}.png"))
+        written += _figure(model.name, projection, bounds, list(embeddings), centres,
+                           out / f"alignment-{model.name.replace('/', '-')}.png")
     csv_path = out / "alignment.csv"
     write_csv(csv_path, rows)
     return [csv_path, *written]
 
 
-def _figure(model: str, projection, bounds, groups, centres, path: Path) -> Path:
+def _figure(model: str, projection, bounds, groups, centres, path: Path) -> list[Path]:
+    """Every group's projected embeddings, shaded by level, and its centre (a cross)."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 5))
     colours = {"natural": "black", "linear": "tab:green"}
@@ -84,6 +83,13 @@ def _figure(model: str, projection, bounds, groups, centres, path: Path) -> Path
         points = projection[bounds[i]:bounds[i + 1]]
         axis.scatter(points[:, 0], points[:, 1], s=2, alpha=0.25, color=colour)
         axis.scatter(*centres[group], s=80, marker="X", color=colour, edgecolor="white", label=group, zorder=3)
-    axis.set(title=f"{model}: embeddings, cosine kernel PCA", xlabel="component 1", ylabel="component 2")
+    axis.set(xlabel="component 1", ylabel="component 2")
     axis.legend(fontsize=6, ncol=2, markerscale=0.7)
-    return save_figure(figure, path)
+    natural = bounds[1] - bounds[0]
+    caption = (f"{model}'s penultimate-layer embeddings of {natural} natural images and of up to {PER_GROUP} samples "
+               "of each group (linear scaling, normal noise at levels 0.1 to 0.9, suppression at p 0.1 to 0.9), "
+               "projected together by a cosine-kernel PCA, each group's centre a cross. The paper (Figure 4a, a "
+               "ResNet50 on ImageNet) reports the linear and suppression samples aligned with the natural images "
+               "and the normal-noise samples not.")
+    return save_with_caption(figure, path, f"{model}: embeddings of samples, cosine-kernel PCA (paper Fig. 4a)",
+                             caption)
