@@ -22,7 +22,7 @@ import numpy as np
 from harness import DEFAULT_SEED, __version__
 from harness.audit import run_audit
 from harness.bundled import DEFAULT_MODEL
-from harness.demo import DEMO_EXPERIMENTS, DEMO_OUT, demo_check, run_demo
+from harness.demo import DEMO_EXPERIMENTS, DEMO_OUT, IMAGENET_MODEL, demo_check, run_demo
 from harness.errors import HarnessError
 from harness.experiments import get_experiment
 from harness.explanation import explain_input
@@ -428,8 +428,12 @@ def demo(out, images, seed, quiet):
     if not check.passed:
         sys.exit(1)
     report, config = run_demo(out, images, seed, quiet=_quiet(quiet))
-    click.echo(f"leaderboard of {len(config.methods)} methods on {len(config.models)} bundled models x {images} "
-               f"images, and the experiments {', '.join(DEMO_EXPERIMENTS)}: {report}")
+    imagenet = config.per_model.get(IMAGENET_MODEL)
+    small = len(config.models) - (imagenet is not None)
+    click.echo(f"leaderboard of {len(config.methods)} methods on {small} small bundled models x {images} images"
+               + (f", the paper's {len(imagenet['methods'])} methods on {IMAGENET_MODEL} x {imagenet['images']} "
+                  "photos" if imagenet else "")
+               + f", and the experiments {', '.join(DEMO_EXPERIMENTS)}: {report}")
 
 
 def _print_check(name, result, as_json: bool) -> None:

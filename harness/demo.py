@@ -1,6 +1,14 @@
-"""The main job (``harness demo``): the bundled default's gradient check, then a leaderboard of every named
-method (plus the main paper's sampling distributions under one building block) on the bundled models, the
-papers' experiments on the shapes models, and the report."""
+"""The main job (``harness demo``): the bundled default's gradient check, then one leaderboard of the bundled
+models, the papers' experiments, and the report.
+
+* The small models (generated shapes, digits) run every named method plus the main paper's sampling
+  distributions under one building block, E|∇f| (abs-mean), on ``images`` images each.
+* The ImageNet model (EfficientNet-Lite0) runs on the bundled photographs with the paper's protocols only
+  (:data:`harness.protocols.PAPER_METHODS`), on fewer images and samples so that the demo stays within minutes
+  on two cores (:data:`IMAGENET_DEMO`); the README says how its numbers move with more.
+* The experiments run on the shapes models (half the images, at least 4); the p-sweep also on the ImageNet
+  model, with the samples of :data:`IMAGENET_DEMO`.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +20,22 @@ from harness.gradcheck import DEFAULT_TOLERANCE, GradientCheck, check_model
 from harness.leaderboard import RunConfig, run_leaderboard
 from harness.model_card import read_card
 from harness.onnx_io import load_model
+from harness.protocols import PAPER_METHODS
 from harness.report import write_report
 
 DEMO_OUT = Path("reports") / "demo"
-# Every named method, plus the main paper's comparison of sampling distributions under one building block,
-# E|∇f| (abs-mean): the gradient alone, noise, the straight path, and suppression.
 DEMO_EXPERIMENTS = ("p-sweep", "alignment", "augmentation", "dropping")
 DEMO_METHODS = ("vanilla", "smoothgrad", "ig", "guided-ig", "suppression", "blur-ig", "expected-gradients",
                 "point+abs-mean", "normal+abs-mean", "linear+abs-mean")
+IMAGENET_MODEL = "efficientnet_lite0"
+IMAGENET_SAMPLES = 16          # samples (or path steps) per image of each method on the ImageNet model
+IMAGENET_DEMO = {              # the ImageNet model's settings in the demo (a run's per_model entry)
+    "images": 6, "methods": list(PAPER_METHODS), "metrics": ["mi", "sparseness", "complexity"], "samples": 8,
+    "method_parameters": {**{m: {"samples": IMAGENET_SAMPLES} for m in ("smoothgrad", "normal+abs-mean",
+                                                                        "suppression")},
+                          **{m: {"steps": IMAGENET_SAMPLES} for m in ("ig", "linear+abs-mean")}},
+}
+IMAGENET_SWEEP_IMAGES = 4
 
 
 def demo_check(seed: int) -> GradientCheck:
@@ -29,12 +45,21 @@ def demo_check(seed: int) -> GradientCheck:
 
 
 def run_demo(out: str | Path, images: int, seed: int, quiet: bool = False) -> tuple[Path, RunConfig]:
-    """The leaderboard on every bundled model, the experiments on the shapes models (half the images, at least
-    4), and the report; returns the report's path and the leaderboard's configuration."""
+    """The leaderboard on every bundled model, the experiments, and the report (see the module docstring);
+    returns the report's path and the leaderboard's configuration."""
     config = RunConfig.load(None, images=images, seed=seed, out=str(out), methods=list(DEMO_METHODS))
+    imagenet = [m for m in config.models if Path(m).stem == IMAGENET_MODEL]
+    if imagenet:
+        config.per_model = {IMAGENET_MODEL: {**IMAGENET_DEMO, "images": min(images, IMAGENET_DEMO["images"])}}
     run_leaderboard(config, quiet=quiet)
-    shapes = RunConfig.load(None, images=max(4, images // 2), seed=seed, out=str(out),
-                            models=[m for m in config.models if "shapes" in Path(m).stem])
+    shapes = [m for m in config.models if "shapes" in Path(m).stem]
+    small = RunConfig.load(None, images=max(4, images // 2), seed=seed, out=str(out), models=shapes)
     for name in DEMO_EXPERIMENTS:
-        get_experiment(name)(shapes, quiet=quiet)
+        if name == "p-sweep" and imagenet:
+            sweep = RunConfig.load(None, images=small.images, seed=seed, out=str(out), models=shapes + imagenet)
+            sweep.per_model = {IMAGENET_MODEL: {"images": min(small.images, IMAGENET_SWEEP_IMAGES),
+                                                "samples": IMAGENET_DEMO["samples"]}}
+            get_experiment(name)(sweep, quiet=quiet)
+        else:
+            get_experiment(name)(small, quiet=quiet)
     return write_report(out), config

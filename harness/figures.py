@@ -183,8 +183,11 @@ def _bars(plt, models, methods, cell, ylabel: str, title: str, path: Path) -> Pa
         axis.bar(positions, means, width, yerr=np.nan_to_num(errors), label=method, color=colours(j % 10),
                  capsize=2)
     axis.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-    axis.set_xticks(np.arange(len(models)), models, fontsize=9)
+    crowded = sum(len(m) for m in models) > 10 * len(models)       # long names would overlap side by side
+    axis.set_xticks(np.arange(len(models)), models, fontsize=9, rotation=20 if crowded else 0,
+                    ha="right" if crowded else "center")
     axis.set_ylabel(ylabel, fontsize=10)
     axis.set_title(title, fontsize=11)
-    axis.legend(fontsize=8, ncol=min(5, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    axis.legend(fontsize=8, ncol=min(5, len(methods)), loc="upper center",
+                bbox_to_anchor=(0.5, -0.34 if crowded else -0.12))
     return save_figure(figure, path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ class RunConfig:
     chunk: int = 8
     gallery: int = 3             # images per model whose maps are kept for the figures
     samples: int | None = None   # samples per image of the experiments that take it (None: the sampler's own)
+    per_model: dict = field(default_factory=dict)   # {model name: {images, methods, method_parameters, ...}}
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> "RunConfig":
@@ -74,7 +75,32 @@ class RunConfig:
                 raise HarnessError(f"{where}{name} must not be negative, got {getattr(config, name)}")
         if config.samples is not None and config.samples < 1:
             raise HarnessError(f"{where}samples must be a positive integer, got {config.samples}")
+        for name, settings in config.per_model.items():
+            unknown = sorted(set(settings) - set(PER_MODEL_KEYS))
+            if unknown:
+                raise HarnessError(f"{where}per_model.{name}: unknown keys {', '.join(unknown)}; a model may set "
+                                   f"{', '.join(PER_MODEL_KEYS)}")
+            _check_types(settings, f"{where}per_model.{name}".rstrip(": "))
+            if settings.get("images", 1) < 1 or (settings.get("samples") or 1) < 1:
+                raise HarnessError(f"{where}per_model.{name}: images and samples must be positive integers")
         return config
+
+    def for_model(self, name: str) -> "RunConfig":
+        """The configuration of one model: ``per_model[name]``'s settings over the run's (method parameters
+        merged per method)."""
+        settings = self.per_model.get(name, {})
+        parameters = {method: dict(values) for method, values in self.method_parameters.items()}
+        for method, values in settings.get("method_parameters", {}).items():
+            parameters[method] = {**parameters.get(method, {}), **values}
+        chosen = {k: v for k, v in settings.items() if k != "method_parameters"}
+        return replace(self, **chosen, method_parameters=parameters, per_model={})
+
+    def check_model_names(self, names: list[str]) -> None:
+        """Refuse ``per_model`` settings for a model the run does not have (a typo would be silently ignored)."""
+        unknown = sorted(set(self.per_model) - set(names))
+        if unknown:
+            raise HarnessError(f"per_model names {', '.join(unknown)}, which the run does not have; its models: "
+                               f"{', '.join(names)}")
 
     def as_dict(self) -> dict:
         """Every key of the configuration, as a dict (the store keeps it)."""
@@ -84,7 +110,9 @@ class RunConfig:
 # The TOML type of every key (bool is not an int here: `images = true` is a mistake).
 KEY_TYPES = {"models": (list, str), "methods": (list, str), "metrics": (list, str), "method_parameters": (dict, dict),
              "dataset": (str, None), "images": (int, None), "seed": (int, None), "out": (str, None),
-             "batch_size": (int, None), "chunk": (int, None), "gallery": (int, None), "samples": (int, None)}
+             "batch_size": (int, None), "chunk": (int, None), "gallery": (int, None), "samples": (int, None),
+             "per_model": (dict, dict)}
+PER_MODEL_KEYS = ("images", "methods", "method_parameters", "metrics", "samples", "dataset")
 TYPE_WORDS = {str: "a string", int: "an integer"}
 
 
@@ -114,23 +142,30 @@ def _check_types(values: dict, path: str) -> None:
         raise HarnessError(f"{path}: {key} must be {what}, got {value!r}")
 
 
+def _method_plan(config: RunConfig) -> tuple[dict, dict]:
+    """A model's methods ({name: Method}) and their canonical parameters ({name: JSON}) under ``config``."""
+    methods = {name: get_method(name, **config.method_parameters.get(name, {})) for name in config.methods}
+    return methods, {name: canonical(describe(method)) for name, method in methods.items()}
+
+
 def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
     """Fill the store of ``config.out`` with every missing result; returns the run directory.
 
     Every model is read and its images made before anything is written, so bad input is refused before any
     work; a model's runtime is built only when some of its results are missing, so a rerun of a finished run
     costs seconds."""
-    methods = {name: get_method(name, **config.method_parameters.get(name, {})) for name in config.methods}
-    parameters = {name: canonical(describe(method)) for name, method in methods.items()}
-    metrics = {name: get_metric(name) for name in (config.metrics or metric_names())}
+    names = model_names(config.models)
+    config.check_model_names(names)
+    plans = {name: _method_plan(config.for_model(name)) for name in names}   # {model: (methods, parameters)}
+    metrics = {name: {metric: get_metric(metric) for metric in (config.for_model(name).metrics or metric_names())}
+               for name in names}
     run_dir = Path(config.out)
     with ResultsStore(run_dir) as store:    # a store that is not ours, or another run's, is refused first
-        models = [ModelUnderTest.from_config(path, config, name)
-                  for path, name in zip(config.models, model_names(config.models))]
+        models = [ModelUnderTest.from_config(path, config, name) for path, name in zip(config.models, names)]
         selection = [{"model": model.name, "model_key": model.key, "method": method_name,
-                      "parameters": parameters[method_name], "seed": config.seed,
+                      "parameters": plans[model.name][1][method_name], "seed": config.seed,
                       "images": dict(zip(model.image_keys, model.data.names))}
-                     for model in models for method_name in methods]
+                     for model in models for method_name in plans[model.name][0]]
         recorded = False
 
         def record_run() -> None:   # inside a transaction: the run's first rows and what it asked for
@@ -141,7 +176,8 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
             recorded = True
 
         for model in models:
-            applicable = {k: m for k, m in metrics.items() if model.can_compute(m)}
+            methods, parameters = plans[model.name]
+            applicable = {k: m for k, m in metrics[model.name].items() if model.can_compute(m)}
             done = {name: store.done(model.key, name, parameters[name], config.seed, list(applicable))
                     for name in methods}      # one query per method, not one per image
             todo = {name: [i for i, key in enumerate(model.image_keys) if key not in done[name]] for name in methods}

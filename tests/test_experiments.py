@@ -95,6 +95,15 @@ def test_p_sweep_at_0_7_is_the_leaderboards_suppression(tmp_path):
         canonical(describe(p_sweep.sweep_methods(config)[0.7]))}
 
 
+def test_p_sweep_takes_each_models_own_images_and_samples(tmp_path):
+    config = RunConfig.load(None, models=[DIGITS, VGG], images=2, samples=3, out=str(tmp_path),
+                            per_model={"shapes_vgg": {"images": 1, "samples": 2}})
+    get_experiment("p-sweep")(config, quiet=True)
+    rows = read_csv(tmp_path / "experiments" / "p-sweep.csv")
+    assert {(r["model"], r["samples"], r["images"]) for r in rows} == {("digits_cnn", "3", "2"),
+                                                                       ("shapes_vgg", "2", "1")}
+
+
 def test_p_sweep_resumes_and_computes_only_what_is_missing(tmp_path, monkeypatch):
     measured = []
     original = p_sweep.aggregate_samples

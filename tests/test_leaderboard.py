@@ -276,3 +276,36 @@ def test_a_second_concurrent_run_is_refused_and_the_first_completes(tmp_path):
     assert first.wait(timeout=300) == 0
     assert second.returncode == 2 and f"another harness run (pid {first.pid}" in second.stderr, second.stderr
     assert len(stored_rows(out)) == 3 * 24
+
+
+def test_per_model_settings_give_a_model_its_own_images_methods_and_parameters(tmp_path):
+    shapes = ROOT / "exported_models" / "shapes_vgg.onnx"
+    path = tmp_path / "run.toml"
+    path.write_text(f'models = ["{DIGITS.as_posix()}", "{shapes.as_posix()}"]\nmethods = ["vanilla", "suppression"]\n'
+                    f'metrics = ["mi"]\nimages = 3\nout = "{(tmp_path / "run").as_posix()}"\n'
+                    '[per_model.shapes_vgg]\nimages = 2\nmethods = ["suppression"]\n'
+                    '[per_model.shapes_vgg.method_parameters.suppression]\nsamples = 3\n')
+    config = RunConfig.load(path)
+    run_leaderboard(config, quiet=True)
+    shown = reported(tmp_path / "run")
+    assert {k: len(v) for k, v in shown["rows"].items()} == {
+        ("digits_cnn", "vanilla"): 3, ("digits_cnn", "suppression"): 3, ("shapes_vgg", "suppression"): 2}
+    with ResultsStore(tmp_path / "run", writable=False) as store:
+        parameters = {(s["model"], s["method"]): s["parameters"] for s in store.latest_run()}
+    assert '"samples":3' in parameters["shapes_vgg", "suppression"]
+    assert '"samples":50' in parameters["digits_cnn", "suppression"]        # the run's own default elsewhere
+
+
+@pytest.mark.parametrize("settings, message", [
+    ('[per_model.nowhere]\nimages = 2\n', "per_model names nowhere, which the run does not have"),
+    ('[per_model.digits_cnn]\nimagez = 2\n', "per_model.digits_cnn: unknown keys imagez"),
+    ('[per_model.digits_cnn]\nimages = "2"\n', "images must be an integer"),
+    ('[per_model.digits_cnn]\nimages = 0\n', "images and samples must be positive integers")])
+def test_per_model_settings_are_checked_before_any_work(tmp_path, settings, message):
+    from harness.errors import HarnessError
+
+    path = tmp_path / "run.toml"
+    path.write_text(f'models = ["{DIGITS.as_posix()}"]\nout = "{(tmp_path / "run").as_posix()}"\n' + settings)
+    with pytest.raises(HarnessError, match=message):
+        run_leaderboard(RunConfig.load(path), quiet=True)
+    assert not (tmp_path / "run").exists()

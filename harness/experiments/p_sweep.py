@@ -54,17 +54,18 @@ def run(config, quiet: bool = False) -> list[Path]:
     """Figure 4b: suppression's MI and the RMS gradient norm of its samples for p from 0 to 1, per model and
     image into the sweep's results store (only what is missing), then the CSV, the figure and its caption."""
     out = Path(config.out) / "experiments"
-    methods = sweep_methods(config)
-    parameters = {p: canonical(describe(method)) for p, method in methods.items()}
-    models = [ModelUnderTest.from_config(path, config, name)
-              for path, name in zip(config.models, model_names(config.models))]
+    names = model_names(config.models)
+    config.check_model_names(names)
+    methods = {name: sweep_methods(config.for_model(name)) for name in names}      # {model: {p: Method}}
+    parameters = {name: {p: canonical(describe(m)) for p, m in per_p.items()} for name, per_p in methods.items()}
+    models = [ModelUnderTest.from_config(path, config, name) for path, name in zip(config.models, names)]
     with ResultsStore(out / STORE_DIR) as store:     # a second run on the same OUT is refused here
         for model in models:
-            _measure_missing(store, model, methods, parameters, config, quiet)
+            _measure_missing(store, model, methods[model.name], parameters[model.name], config, quiet)
         _record_run(store, models, parameters, config.seed)
         rows = selected_rows(store)[0]
-    table = summarise(rows, [model.name for model in models], {v: p for p, v in parameters.items()},
-                      methods[P_VALUES[0]].sampler.count)
+    table = summarise(rows, names, {name: {v: p for p, v in per_p.items()} for name, per_p in parameters.items()},
+                      {name: per_p[P_VALUES[0]].sampler.count for name, per_p in methods.items()})
     csv_path = write_csv(out / "p-sweep.csv", table)
     return [csv_path, *_figure(table, out / "p-sweep.png")]
 
@@ -102,29 +103,33 @@ def _measure_missing(store: ResultsStore, model: ModelUnderTest, methods: dict, 
 
 
 def _record_run(store: ResultsStore, models: list, parameters: dict, seed: int) -> None:
-    """Record what this run asked for (per model and p, its images), unless the latest run asked the same."""
-    selection = [{"model": model.name, "model_key": model.key, "method": METHOD, "parameters": parameters[p],
-                  "seed": seed, "images": dict(zip(model.image_keys, model.data.names))}
+    """Record what this run asked for (per model and p, its images; ``parameters[model][p]``), unless the latest
+    run asked the same."""
+    selection = [{"model": model.name, "model_key": model.key, "method": METHOD,
+                  "parameters": parameters[model.name][p], "seed": seed,
+                  "images": dict(zip(model.image_keys, model.data.names))}
                  for model in models for p in P_VALUES]
     if store.latest_run() != json.loads(json.dumps(selection, sort_keys=True)):
         with store.transaction():
             store.add_run(selection)
 
 
-def summarise(rows: list[dict], models: list[str], p_of: dict[str, float], samples: int) -> list[dict]:
-    """Figure 4b's table from the store's rows: per model and p, the mean MI and the mean RMS gradient norm with
+def summarise(rows: list[dict], models: list[str], p_of: dict[str, dict[str, float]],
+              samples: dict[str, int]) -> list[dict]:
+    """Figure 4b's table from the store's rows (``p_of[model][parameters]`` is the p of a model's method, and
+    ``samples[model]`` its samples per image): per model and p, the mean MI and the mean RMS gradient norm with
     their 95% bootstrap intervals (:func:`harness.tables.bootstrap`), the number of images, and ``argmax``: True
     on the p of the model's highest mean MI."""
     values: dict = defaultdict(lambda: defaultdict(list))     # (model, p) -> metric -> per-image values
     for row in rows:
-        values[row["model"], p_of[row["parameters"]]][row["metric"]].append(
+        values[row["model"], p_of[row["model"]][row["parameters"]]][row["metric"]].append(
             np.nan if row["value"] is None else row["value"])
     table = []
     for model in models:
         mine = []
         for p in P_VALUES:
             information, norm = bootstrap(values[model, p][MI]), bootstrap(values[model, p][NORM])
-            mine.append({"model": model, "p": p, "samples": samples, "mean_mi": information.mean,
+            mine.append({"model": model, "p": p, "samples": samples[model], "mean_mi": information.mean,
                          "mi_low": information.low, "mi_high": information.high,
                          "mean_gradient_norm": norm.mean, "gradient_norm_low": norm.low,
                          "gradient_norm_high": norm.high, "images": len(values[model, p][MI]), "argmax": False})
