@@ -26,7 +26,8 @@ from harness.gradients.builder import INPUT_KEY, TARGET_KEY, tensor_value_info
 from harness.gradients.freeze import CHANGES, REFERENCE_SUFFIX
 from harness.gradients.prepare import PreparedModel, prepare
 from harness.onnx_io import load_model, runnable
-from harness.sessions import CPU, CUDA, choose_providers, cuda_driver_present, inference_session, unsound_optimizers
+from harness.sessions import (CPU, CUDA, choose_providers, cuda_driver_present, inference_session, run_bound,
+                               session_device, unsound_optimizers, use_io_binding)
 
 log = logging.getLogger("harness")
 
@@ -83,13 +84,15 @@ class GradientRuntime:
     ``taps`` are intermediate tensors returned with their gradients; ``exposed`` are intermediate tensors the
     forward pass returns too (e.g. a penultimate embedding, :meth:`forward_tensor`). ``layout="NHWC"`` serves a
     channels-last model through the harness's NCHW arrays: images are transposed on the way in and input
-    gradients on the way out.
+    gradients on the way out. ``binding`` runs each batch through an IOBinding (inputs placed on the session's
+    device once, outputs copied back once); None chooses it when the session runs on CUDA, and
+    $HARNESS_IO_BINDING=0|1 overrides that choice. Both ways give the same arrays and the same batches.
     """
 
     def __init__(self, model: onnx.ModelProto | str | Path, output: str | None = None, taps: Iterable[str] = (),
                  max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None, provider: str | None = None,
                  use_cache: bool = True, layout: str = "NCHW", exposed: Iterable[str] = (), input: str | None = None,
-                 image_size: tuple | None = None):
+                 image_size: tuple | None = None, binding: bool | None = None):
         if max_batch < 1:
             raise HarnessError(f"the batch size must be at least 1 (got {max_batch})")
         source = load_model(model) if isinstance(model, (str, Path)) else model
@@ -99,7 +102,7 @@ class GradientRuntime:
         self.max_batch = max_batch
         self.taps = tuple(dict.fromkeys(taps))
         self._options = {"max_batch": max_batch, "threads": threads, "provider": provider, "use_cache": use_cache,
-                         "layout": layout, "input": input, "image_size": image_size}
+                         "layout": layout, "input": input, "image_size": image_size, "binding": binding}
         self._image_shape = self.adapter.model_shape(image_size)
         grad_model = cached_gradient_model(source, output, self.taps, use_cache, input, self._image_shape,
                                            validate=self._signature)
@@ -113,6 +116,8 @@ class GradientRuntime:
         self._session_options, self._providers = options, providers
         self.session = inference_session(grad_model, options, providers)
         self.provider = self.session.get_providers()[0]
+        self.binding = use_io_binding(self.session.get_providers(), binding)
+        self._device = session_device(self.session)
         self.signature = self._signature(grad_model)
         # ONNX Runtime runs every node of a graph whatever outputs are asked for, so forward passes get a
         # session of their own on the source model (measured: the gradient graph's logits alone cost a
@@ -235,9 +240,15 @@ class GradientRuntime:
             if rows < chunk and chunk == static_batch:
                 part = {name: np.concatenate([value, np.zeros((chunk - rows, *value.shape[1:]), value.dtype)])
                         for name, value in part.items()}
-            for bucket, value in zip(parts, session.run(names, part)):
+            for bucket, value in zip(parts, self._run(session, names, part)):
                 bucket.append(value[:rows])
         return [np.concatenate(p) for p in parts]
+
+    def _run(self, session, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One call of ``session``: through an IOBinding on the session's device, or plainly."""
+        if self.binding:
+            return run_bound(session, names, feeds, self._device)
+        return session.run(names, feeds)
 
     def class_gradients(self, x: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Gradients of the logit ``classes[i]`` of image ``i`` (one-hot weights)."""

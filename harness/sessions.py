@@ -1,11 +1,12 @@
-"""ONNX Runtime sessions: which execution provider (CUDA when a driver is present, else CPU) and which graph
-optimisations are sound for a model."""
+"""ONNX Runtime sessions: which execution provider (CUDA when a driver is present, else CPU), which graph
+optimisations are sound for a model, and how one call is run (plainly or through an IOBinding)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -52,3 +53,36 @@ def inference_session(model: onnx.ModelProto, options, providers: list[str]):
     """An ONNX Runtime session for ``model`` without the optimisations that would change what it computes."""
     return ort.InferenceSession(model.SerializeToString(), options, providers=providers,
                                 disabled_optimizers=unsound_optimizers(model))
+
+
+def use_io_binding(providers: list[str], requested: bool | None = None) -> bool:
+    """Whether calls go through an IOBinding: when the first provider is CUDA (each batch then crosses the bus
+    once); ``requested`` (True/False) or $HARNESS_IO_BINDING (0/1) overrides the choice."""
+    if requested is not None:
+        return bool(requested)
+    setting = os.environ.get("HARNESS_IO_BINDING", "").strip()
+    if setting not in ("", "0", "1"):
+        raise HarnessError(f"HARNESS_IO_BINDING={setting!r} is not understood; set it to 0 or 1, or leave it unset")
+    return setting == "1" if setting else bool(providers) and providers[0] == CUDA
+
+
+def session_device(session) -> tuple[str, int]:
+    """The device (type, id) of the session's first provider: ("cuda", its device_id) or ("cpu", 0)."""
+    provider = session.get_providers()[0]
+    if provider != CUDA:
+        return "cpu", 0
+    return "cuda", int(session.get_provider_options().get(CUDA, {}).get("device_id", 0))
+
+
+def run_bound(session, names: list[str], feeds: dict[str, np.ndarray], device: tuple[str, int]) -> list[np.ndarray]:
+    """``session.run(names, feeds)`` through an IOBinding: the inputs are placed on ``device`` once, the outputs
+    are left there by the run and copied back to host memory once."""
+    binding = session.io_binding()
+    values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), *device)
+              for name, value in feeds.items()}
+    for name, value in values.items():
+        binding.bind_ortvalue_input(name, value)
+    for name in names:
+        binding.bind_output(name, *device)
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()

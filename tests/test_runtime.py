@@ -1,5 +1,5 @@
 """GradientRuntime on the bundled digits CNN: batching, the on-disk cache, input validation, provider choice,
-and the finite-difference gradient check."""
+IOBinding runs, and the finite-difference gradient check."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ import onnxruntime as ort
 import pytest
 
 import harness.cache as cache_module
+import harness.runtime as runtime_module
 import harness.sessions as sessions_module
 from harness.errors import HarnessError
 from harness.gradcheck import check_gradient
+from harness.model_card import read_card
+from harness.onnx_io import load_model
 from harness.runtime import CPU, CUDA, GradientRuntime, cache_dir, choose_providers
+from harness.sessions import session_device, use_io_binding
 
 DIGITS = Path(__file__).resolve().parents[1] / "exported_models" / "digits_cnn.onnx"
 TAP = "/features/features.6/Relu_output_0"
@@ -26,6 +30,7 @@ def private_cache(tmp_path, monkeypatch):
     root = tmp_path / "harness-cache"
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(root))
     monkeypatch.delenv("HARNESS_PROVIDER", raising=False)
+    monkeypatch.delenv("HARNESS_IO_BINDING", raising=False)
     return root / "gradient-models"
 
 
@@ -347,6 +352,100 @@ def test_unknown_provider_is_an_error(name, monkeypatch):
 def test_runtime_honours_harness_provider_cpu(monkeypatch):
     monkeypatch.setenv("HARNESS_PROVIDER", "cpu")
     assert GradientRuntime(DIGITS, use_cache=False).provider == CPU
+
+
+# -- IOBinding ----------------------------------------------------------------------------------------------
+def bound_and_plain(name: str, rows: int, **options):
+    """Two runtimes of a bundled model fed as its card says, one through IOBinding and one plain, and images."""
+    path = DIGITS.parent / f"{name}.onnx"
+    proto = load_model(path)
+    card = read_card(proto, path)
+    bound, plain = (GradientRuntime.from_card(proto, card, binding=b, **options) for b in (True, False))
+    pixels = np.random.default_rng(5).random((rows, *card.input_size), dtype=np.float32)
+    return bound, plain, card.to_model(pixels)
+
+
+def count_bound_runs(runtime: GradientRuntime, monkeypatch) -> list[int]:
+    """Record the batch size of each IOBinding call; a plain ``session.run`` fails the test."""
+    sizes: list[int] = []
+
+    def counting_run_bound(session, names, feeds, device, _real=runtime_module.run_bound):
+        sizes.append(len(feeds[runtime.signature.input_name]))
+        return _real(session, names, feeds, device)
+
+    def no_plain_run(*args, **kwargs):
+        raise AssertionError("a plain run although IOBinding was asked for")
+
+    monkeypatch.setattr(runtime_module, "run_bound", counting_run_bound)
+    for session in (runtime.session, runtime.forward_session):
+        monkeypatch.setattr(session, "run", no_plain_run)
+    return sizes
+
+
+@pytest.mark.parametrize("name, max_batch, rows, expected, taps", [
+    ("digits_cnn", 3, 10, [3, 3, 3, 1], [TAP]),
+    ("digits_cnn", 64, 10, [10], [TAP]),
+    ("shapes_resnet", 4, 10, [4, 4, 2], []),
+])
+def test_io_binding_equals_plain_runs_bit_for_bit(name, max_batch, rows, expected, taps, monkeypatch):
+    bound, plain, x = bound_and_plain(name, rows, max_batch=max_batch, taps=taps)
+    assert bound.binding and not plain.binding and bound.provider == CPU
+    weights = np.random.default_rng(6).standard_normal((rows, plain.signature.num_classes)).astype(np.float32)
+    want_logits = plain.forward(x)
+    want = plain.gradients_with_taps(x, weights)
+    sizes = count_bound_runs(bound, monkeypatch)
+    np.testing.assert_array_equal(bound.forward(x), want_logits)
+    assert sizes == expected
+    sizes.clear()
+    logits, grads, tapped = bound.gradients_with_taps(x, weights)
+    assert sizes == expected
+    np.testing.assert_array_equal(logits, want[0])
+    np.testing.assert_array_equal(grads, want[1])
+    assert set(tapped) == set(taps)
+    for tap in taps:
+        np.testing.assert_array_equal(tapped[tap][0], want[2][tap][0])
+        np.testing.assert_array_equal(tapped[tap][1], want[2][tap][1])
+    np.testing.assert_array_equal(bound.gradients(x, weights)[1], want[1])
+
+
+def test_io_binding_is_off_by_default_on_the_cpu_provider(monkeypatch):
+    runtime = GradientRuntime(DIGITS, use_cache=False)
+    assert runtime.provider == CPU and not runtime.binding
+    assert session_device(runtime.session) == ("cpu", 0)
+    assert not runtime.with_output("logits").binding
+    assert GradientRuntime(DIGITS, use_cache=False, binding=True).with_output("logits").binding
+    monkeypatch.setenv("HARNESS_IO_BINDING", "1")
+    assert GradientRuntime(DIGITS, use_cache=False).binding
+
+
+def test_io_binding_is_chosen_when_cuda_comes_first(monkeypatch):
+    assert use_io_binding([CUDA, CPU])
+    assert not use_io_binding([CPU])
+    assert not use_io_binding([CPU, CUDA])
+    assert not use_io_binding([CUDA, CPU], requested=False)
+    assert use_io_binding([CPU], requested=True)
+    monkeypatch.setenv("HARNESS_IO_BINDING", "0")
+    assert not use_io_binding([CUDA, CPU])
+    assert use_io_binding([CUDA, CPU], requested=True)  # an explicit request beats the environment
+    monkeypatch.setenv("HARNESS_IO_BINDING", "1")
+    assert use_io_binding([CPU])
+    monkeypatch.setenv("HARNESS_IO_BINDING", "yes")
+    with pytest.raises(HarnessError, match="HARNESS_IO_BINDING"):
+        use_io_binding([CPU])
+
+
+class FakeCudaSession:
+    """What session_device reads of a session on the second GPU."""
+
+    def get_providers(self):
+        return [CUDA, CPU]
+
+    def get_provider_options(self):
+        return {CUDA: {"device_id": "1"}, CPU: {}}
+
+
+def test_bound_values_live_on_the_sessions_device():
+    assert session_device(FakeCudaSession()) == ("cuda", 1)
 
 
 # -- the finite-difference check ----------------------------------------------------------------------------
