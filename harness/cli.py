@@ -23,6 +23,7 @@ from harness import DEFAULT_SEED, __version__
 from harness.audit import run_audit
 from harness.bundled import DEFAULT_MODEL
 from harness.demo import DEMO_EXPERIMENTS, DEMO_OUT, IMAGENET_MODEL, demo_check, run_demo
+from harness.engines import engine_names, get_engine
 from harness.errors import HarnessError
 from harness.experiments import get_experiment
 from harness.explanation import explain_input
@@ -326,14 +327,29 @@ def run_options(command):
 @run_options
 @click.option("--methods", multiple=True, help="Methods (repeatable; default: every named method).")
 @click.option("--metrics", multiple=True, help="Metrics (repeatable; default: all that apply).")
+@click.option("--engine", type=click.Choice(engine_names()), default="local", show_default=True,
+              help="Where units of work run: this process, or a Ray cluster (pip install 'harness[ray]').")
+@click.option("--ray-address", default=None, help="The Ray cluster to join ('auto': the one running here; "
+                                                   "default: start a local one).")
+@click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+              help="Ray workers per model (default: as many as the cluster's CPUs or GPUs allow).")
+@click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPUs (and runtime threads) per Ray worker.")
+@click.option("--ray-gpus", type=click.FloatRange(min=0), default=None,
+              help="GPU share per Ray worker (default: 1 where CUDA is available, else 0).")
 @user_errors
-def leaderboard(config_file, models, dataset, images, seed, out, batch_size, quiet, methods, metrics):
+def leaderboard(config_file, models, dataset, images, seed, out, batch_size, quiet, methods, metrics, engine,
+                ray_address, ray_workers, ray_cpus, ray_gpus):
     """Run models x methods x images x metrics into OUT's results store (resumable), then write the reports."""
     config = RunConfig.load(config_file, models=list(models) or None, methods=list(methods) or None,
                             metrics=list(metrics) or None, dataset=dataset, images=images, seed=seed, out=out,
                             batch_size=batch_size)
     writable_dir(config.out, "--out")
-    run_dir = run_leaderboard(config, quiet=_quiet(quiet))
+    if engine != "ray" and (ray_address or ray_workers or ray_gpus is not None or ray_cpus != 1):
+        raise HarnessError("the --ray-* options need --engine ray")
+    options = {} if engine == "local" else {"address": ray_address, "workers": ray_workers,
+                                            "cpus_per_worker": ray_cpus, "gpus_per_worker": ray_gpus}
+    run_dir = run_leaderboard(config, quiet=_quiet(quiet), engine=get_engine(engine, **options))
     report = write_report(run_dir, force=False)
     click.echo(f"{len(config.models)} models x {len(config.methods)} methods x {config.images} images: "
                f"report {report}")

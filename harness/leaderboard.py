@@ -14,13 +14,13 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from harness import DEFAULT_SEED
 from harness.attribution import get_method
 from harness.attribution.methods import describe
 from harness.bundled import bundled_models
+from harness.engines import Engine, LocalEngine, Outcome, Unit, Work
 from harness.errors import HarnessError
 from harness.metrics import get_metric, metric_names
 from harness.store import ResultsStore, canonical, seconds_key
@@ -148,12 +148,14 @@ def _method_plan(config: RunConfig) -> tuple[dict, dict]:
     return methods, {name: canonical(describe(method)) for name, method in methods.items()}
 
 
-def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
+def run_leaderboard(config: RunConfig, quiet: bool = False, engine: Engine | None = None) -> Path:
     """Fill the store of ``config.out`` with every missing result; returns the run directory.
 
     Every model is read and its images made before anything is written, so bad input is refused before any
     work; a model's runtime is built only when some of its results are missing, so a rerun of a finished run
-    costs seconds."""
+    costs seconds. ``engine`` computes the missing units (default: :class:`harness.engines.LocalEngine`); this
+    process alone writes the store, as each unit's outcome arrives."""
+    engine = engine or LocalEngine()
     names = model_names(config.models)
     config.check_model_names(names)
     plans = {name: _method_plan(config.for_model(name)) for name in names}   # {model: (methods, parameters)}
@@ -161,55 +163,71 @@ def run_leaderboard(config: RunConfig, quiet: bool = False) -> Path:
                for name in names}
     run_dir = Path(config.out)
     with ResultsStore(run_dir) as store:    # a store that is not ours, or another run's, is refused first
-        models = [ModelUnderTest.from_config(path, config, name) for path, name in zip(config.models, names)]
+        models = {name: ModelUnderTest.from_config(path, config, name) for path, name in zip(config.models, names)}
         selection = [{"model": model.name, "model_key": model.key, "method": method_name,
                       "parameters": plans[model.name][1][method_name], "seed": config.seed,
                       "images": dict(zip(model.image_keys, model.data.names))}
-                     for model in models for method_name in plans[model.name][0]]
-        recorded = False
-
-        def record_run() -> None:   # inside a transaction: the run's first rows and what it asked for
-            nonlocal recorded
-            if not recorded and store.latest_run() != json.loads(json.dumps(selection, sort_keys=True)):
-                store.set_fact("config", config.as_dict())
-                store.add_run(selection)
-            recorded = True
-
-        for model in models:
+                     for model in models.values() for method_name in plans[model.name][0]]
+        work = Work(models, {name: plans[name][0] for name in names}, {}, [])
+        for model in models.values():
             methods, parameters = plans[model.name]
-            applicable = {k: m for k, m in metrics[model.name].items() if model.can_compute(m)}
-            done = {name: store.done(model.key, name, parameters[name], config.seed, list(applicable))
+            applicable = [k for k, m in metrics[model.name].items() if model.can_compute(m)]
+            work.metrics[model.name] = applicable
+            done = {name: store.done(model.key, name, parameters[name], config.seed, applicable)
                     for name in methods}      # one query per method, not one per image
-            todo = {name: [i for i, key in enumerate(model.image_keys) if key not in done[name]] for name in methods}
-            if not any(todo.values()):
-                continue
-            bar = tqdm(total=len(methods) * len(model.data), desc=model.name, disable=quiet, unit="image")
-            introduced = False    # the run, the model's facts and its gallery inputs land with its first rows
-            for method_name, method in methods.items():
-                bar.update(len(model.data) - len(todo[method_name]))
-                for start in range(0, len(todo[method_name]), config.chunk):
-                    chunk = np.asarray(todo[method_name][start:start + config.chunk])
-                    values, maps, seconds = model.evaluate(method, chunk, applicable)
-                    timing_key = seconds_key(model.key, method_name, parameters[method_name], config.seed)
-                    with store.transaction():
-                        if not introduced:
-                            record_run()
-                            store.set_fact(f"model:{model.key}", model.facts())
-                            for i in range(min(config.gallery, len(model.data))):
-                                store.add_array("input", model.key, "", "", model.image_keys[i], config.seed,
-                                                model.pixels(i))
-                            introduced = True
-                        store.add_results(model.name, model.key, method_name, parameters[method_name],
-                                          config.seed, values)
-                        timing = store.fact(timing_key, {"seconds": 0.0, "images": 0})
-                        store.set_fact(timing_key, {"seconds": timing["seconds"] + seconds,
-                                                    "images": timing["images"] + len(chunk)})
-                        for i, attribution in maps.items():
-                            store.add_array("map", model.key, method_name, parameters[method_name],
-                                            model.image_keys[i], config.seed, attribution)
-                    bar.update(len(chunk))
-            bar.close()
-        if store.exists and not recorded:    # nothing was missing: the run still asked for these rows
-            with store.transaction():
-                record_run()
+            for name in methods:
+                todo = [i for i, key in enumerate(model.image_keys) if key not in done[name]]
+                work.units += [Unit(model.name, name, tuple(todo[start:start + config.chunk]))
+                               for start in range(0, len(todo), config.chunk)]
+        writer = _StoreWriter(store, config, selection, models, {name: plans[name][1] for name in names})
+        with tqdm(total=sum(len(u.images) for u in work.units), desc="leaderboard", disable=quiet,
+                  unit="image") as bar:
+            for outcome in (engine.run(work) if work.units else ()):
+                writer.write(outcome)
+                bar.update(len(outcome.unit.images))
+        if store.exists:                    # nothing was missing: the run still asked for these rows
+            writer.record_run()
     return run_dir
+
+
+class _StoreWriter:
+    """Writes outcomes into the store, each in one transaction: the run's selection and the model's facts and
+    gallery inputs with its first rows, then the rows, the attribution time and the gallery maps."""
+
+    def __init__(self, store: ResultsStore, config: RunConfig, selection: list[dict], models: dict,
+                 parameters: dict):
+        self.store, self.config, self.selection = store, config, selection
+        self.models, self.parameters = models, parameters
+        self.recorded, self.introduced = False, set()
+
+    def record_run(self) -> None:
+        """Record what the run asked for, once, unless the latest run asked the same (own transaction)."""
+        if self.recorded:
+            return
+        with self.store.transaction():
+            self._record()
+
+    def _record(self) -> None:
+        if not self.recorded and self.store.latest_run() != json.loads(json.dumps(self.selection, sort_keys=True)):
+            self.store.set_fact("config", self.config.as_dict())
+            self.store.add_run(self.selection)
+        self.recorded = True
+
+    def write(self, outcome: Outcome) -> None:
+        """Store one unit's outcome."""
+        unit, store, seed = outcome.unit, self.store, self.config.seed
+        model, parameters = self.models[unit.model], self.parameters[unit.model][unit.method]
+        timing_key = seconds_key(model.key, unit.method, parameters, seed)
+        with store.transaction():
+            self._record()
+            if model.name not in self.introduced:
+                store.set_fact(f"model:{model.key}", model.facts())
+                for i in range(min(self.config.gallery, len(model.data))):
+                    store.add_array("input", model.key, "", "", model.image_keys[i], seed, model.pixels(i))
+                self.introduced.add(model.name)
+            store.add_results(model.name, model.key, unit.method, parameters, seed, outcome.values)
+            timing = store.fact(timing_key, {"seconds": 0.0, "images": 0})
+            store.set_fact(timing_key, {"seconds": timing["seconds"] + outcome.seconds,
+                                        "images": timing["images"] + len(unit.images)})
+            for i, attribution in outcome.maps.items():
+                store.add_array("map", model.key, unit.method, parameters, model.image_keys[i], seed, attribution)

@@ -95,16 +95,22 @@ class ModelUnderTest:
     its runtime, targets and context.
 
     ``dataset`` is "auto" (the card's own, which must lie beside the model), a bundled generator's name, or a
-    folder or CSV; ``images`` images are drawn from it with ``seed``. ``card_file`` and ``card_overrides`` add
+    folder or CSV; ``images`` images are drawn from it with ``seed`` (or ``data`` gives them, as drawn
+    elsewhere). ``threads`` and ``provider`` go to the runtime. ``card_file`` and ``card_overrides`` add
     card facts as the command line gives them. ``gallery`` is how many of the first images keep their maps.
     Its ``key`` is a SHA-256 of the model's content and its card (a sidecar or a command-line fact changes what
     the results mean as much as a weight does)."""
 
     def __init__(self, path: str | Path, dataset: str = "auto", images: int = 16, seed: int = DEFAULT_SEED,
                  batch_size: int = 32, gallery: int = 0, name: str | None = None, expose_embedding: bool = False,
-                 card_file: str | Path | None = None, card_overrides: dict | None = None):
+                 card_file: str | Path | None = None, card_overrides: dict | None = None,
+                 data: ImageSet | None = None, threads: int | None = None, provider: str | None = None):
         self.path, self.name = Path(path), name or model_name(path)
         self.seed, self.batch_size, self.gallery = seed, batch_size, gallery
+        self._spec = {"path": str(path), "dataset": dataset, "images": images, "seed": seed, "batch_size": batch_size,
+                      "gallery": gallery, "name": self.name, "expose_embedding": expose_embedding,
+                      "card_file": None if card_file is None else str(card_file), "card_overrides": card_overrides}
+        self.threads, self.provider = threads, provider
         self.proto = load_model(path)
         self.card = read_card(self.proto, model_path=path, sidecar=card_file, overrides=card_overrides)
         self.hash = content_hash(self.proto)
@@ -118,7 +124,7 @@ class ModelUnderTest:
         self.card.require("preprocessing", why=f"to feed {self.name} its images")
         if self.card.labels is None:
             log.info("%s: the model card names no labels; its classes are named by their indices", self.name)
-        self.data: ImageSet = load_dataset(self.source, self.card, n=images, seed=seed)
+        self.data: ImageSet = load_dataset(self.source, self.card, n=images, seed=seed) if data is None else data
         self.image_keys = image_keys(self.data)
         self.x = self.card.to_model(self.data.images)
         if expose_embedding and not self.card.embedding:
@@ -137,8 +143,19 @@ class ModelUnderTest:
     @functools.cached_property
     def runtime(self) -> GradientRuntime:
         """The model's gradient runtime (built at the first use)."""
-        return GradientRuntime.from_card(self.proto, self.card, max_batch=self.batch_size,
+        return GradientRuntime.from_card(self.proto, self.card, max_batch=self.batch_size, threads=self.threads,
+                                         provider=self.provider,
                                          exposed=[self.card.embedding] if self.expose_embedding else [])
+
+    def spec(self) -> dict:
+        """The arguments that build this model again elsewhere (an engine's worker): the same file, card,
+        dataset, images and seed, hence the same key and image keys."""
+        return dict(self._spec)
+
+    @property
+    def generated(self) -> bool:
+        """Whether its images come from a bundled generator (rebuilt anywhere from the seed) rather than files."""
+        return str(self.source) in DATASETS
 
     @functools.cached_property
     def _targets_and_predictions(self) -> tuple[np.ndarray, np.ndarray]:

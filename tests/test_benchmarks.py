@@ -38,3 +38,9 @@ def test_gradient_speed_times_any_onnx_file():
     for line in ("ort forward", "ort gradient"):
         assert re.search(rf"{re.escape(line)}\s+\d+\.\d+ ms/image", out), out
     assert re.search(r"gradient / forward\s+= \d+\.\d\dx \(rounds: \d+\.\d\dx to \d+\.\d\dx", out), out
+
+
+def test_ray_overhead_reports_a_ratio():
+    pytest.importorskip("ray", reason="the Ray engine is an optional extra; CI installs it with the tests")
+    out = run_script("ray_overhead.py", "--rounds", "1", "--images", "2", "--samples", "2")
+    assert re.search(r"ray / local: median \d+\.\d{3}", out), out

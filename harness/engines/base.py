@@ -1,0 +1,48 @@
+"""What engines share: the registry, a unit of work, its outcome, a run's work, and the engine protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+from harness.errors import HarnessError
+from harness.registry import Registry
+
+ENGINES = Registry("engine", HarnessError)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work: ``method`` on the images ``images`` (indices) of the model named ``model``."""
+    model: str
+    method: str
+    images: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A unit's results, as :meth:`harness.subject.ModelUnderTest.evaluate` returns them: per image its metric
+    values, the gallery maps among the images, and the seconds the attributions took."""
+    unit: Unit
+    values: dict
+    maps: dict
+    seconds: float
+
+
+@dataclass
+class Work:
+    """What a run asks an engine to compute: the models (by name), each model's methods and applicable metric
+    names, and the units, in the order a local run takes them."""
+    models: dict
+    methods: dict                    # {model: {method name: Method}}
+    metrics: dict                    # {model: [metric names]}
+    units: list = field(default_factory=list)
+
+
+class Engine(Protocol):
+    """What :func:`harness.leaderboard.run_leaderboard` needs of an engine."""
+
+    name: str
+
+    def run(self, work: Work) -> Iterator[Outcome]:
+        """Compute every unit of ``work``; yield each outcome as it is done (in any order)."""

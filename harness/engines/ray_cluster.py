@@ -1,0 +1,148 @@
+"""The Ray engine: a run's units on a Ray cluster (one machine or many), the results store still written by the
+driver alone.
+
+* **Workers** are Ray actors, one pool per run. A worker builds a model at its first unit of it (its file, card
+  and images, then its runtime from the gradient-model cache of its machine) and keeps it for the next units;
+  it holds one model at a time, so a worker's memory is one model's. A worker checks that it sees the driver's
+  model: the same content-and-card key and the same image keys, else the run stops before any of its rows is
+  written.
+* **Data.** Generated sets (``shapes``, ``digits``, ``photos``) are rebuilt on the workers from (seed, i).
+  Images from a folder or CSV are shipped from the driver through Ray's object store (the default), or, with
+  ``ship_images=False``, read by the workers from the same path, which every machine must then share. Model
+  files (and card sidecars) are read by the workers from the driver's path: every machine needs them there.
+* **Faults.** Actors restart when they die (``max_restarts``) and a unit in flight on a dead actor is retried
+  on its successor (``max_task_retries``); the driver writes each unit's rows in one transaction with
+  ``INSERT OR IGNORE``, so a retried unit neither loses nor duplicates a row. A killed driver resumes like the
+  local engine: the store knows what is done.
+* **Devices.** Where ONNX Runtime has the CUDA provider and the cluster has GPUs, each actor asks Ray for
+  ``gpus_per_worker`` of a GPU (a fraction shares one) and creates its session on the device Ray assigned (the
+  only one it sees); the runtime then binds inputs and outputs to that device (IOBinding).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterator
+
+import numpy as np
+import onnxruntime as ort
+import ray
+
+from harness.engines.base import ENGINES, Outcome, Work
+from harness.errors import HarnessError
+from harness.metrics import get_metric
+from harness.subject import ModelUnderTest
+
+IN_FLIGHT = 2            # units queued per worker: one running, one ready to start the moment it ends
+RESTARTS = 3             # times a dead worker is restarted (and a unit in flight retried) before the run fails
+
+
+@ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)
+class ModelWorker:
+    """A worker of the run: evaluates units of any model, holding one model at a time (built at the first unit
+    of a model from the driver's arguments, so a pool serves a whole run and memory stays one model's)."""
+
+    def __init__(self, threads: int | None, provider: str | None):
+        self.threads, self.provider = threads, provider
+        self.name, self.subject = None, None
+
+    def evaluate(self, name: str, spec: dict, data, identity: tuple, method, images: tuple[int, ...],
+                 metrics: list[str]):
+        """One unit of the model ``name``: :meth:`harness.subject.ModelUnderTest.evaluate`. A model whose key
+        or image keys differ from the driver's ``identity`` is refused (another file, card or images here)."""
+        if self.name != name:
+            self.name, self.subject = None, None      # the previous model's runtime goes before the next one's
+            subject = ModelUnderTest(**spec, data=data, threads=self.threads, provider=self.provider)
+            if (subject.key, subject.image_keys) != identity:
+                raise HarnessError(f"{name}: a Ray worker reads a different model file, card or images than the "
+                                   "driver; every machine needs the same files at the same paths")
+            self.name, self.subject = name, subject
+        return self.subject.evaluate(method, np.asarray(images), {m: get_metric(m) for m in metrics})
+
+
+def _result(reference):
+    """``ray.get``, with a user error raised on a worker (bad input) raised here as itself (exit 2)."""
+    try:
+        return ray.get(reference)
+    except ray.exceptions.RayError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, HarnessError):
+            raise cause from None
+        raise
+
+
+@ENGINES.register("ray")
+class RayEngine:
+    """Units on a Ray cluster: ``address`` (None starts a local one; "auto" joins the running one), ``workers``
+    per model (default: as many as the cluster's CPUs, or GPUs, allow), ``cpus_per_worker`` (also the
+    runtime's threads), ``gpus_per_worker`` (default 1 where CUDA is available, else 0), ``ship_images``."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int | None = None, cpus_per_worker: int = 1,
+                 gpus_per_worker: float | None = None, ship_images: bool = True):
+        if cpus_per_worker < 1 or (workers is not None and workers < 1):
+            raise HarnessError("Ray workers and their CPUs must be positive numbers")
+        if gpus_per_worker is not None and gpus_per_worker < 0:
+            raise HarnessError(f"a worker's share of a GPU must not be negative, got {gpus_per_worker}")
+        self.address, self.workers, self.cpus = address, workers, cpus_per_worker
+        self.gpus, self.ship_images = gpus_per_worker, ship_images
+        self.pool: list = []          # the current model's workers (tests kill one to check recovery)
+
+    def _connect(self) -> dict:
+        """Join (or start) the cluster once; its resources."""
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except (ConnectionError, ValueError, RuntimeError) as error:
+                raise HarnessError(f"cannot reach the Ray cluster at {self.address or 'a new local one'}: "
+                                   f"{error}") from None
+        return ray.cluster_resources()
+
+    def _sizes(self, resources: dict) -> tuple[int, float]:
+        """Workers per model and each one's GPU share."""
+        cuda = "CUDAExecutionProvider" in ort.get_available_providers() and resources.get("GPU", 0) > 0
+        gpus = self.gpus if self.gpus is not None else (1.0 if cuda else 0.0)
+        if self.workers is not None:
+            return self.workers, gpus
+        limit = resources.get("CPU", 1) // self.cpus
+        if gpus:
+            limit = min(limit, resources.get("GPU", 0) // gpus)
+        return max(1, int(limit)), gpus
+
+    def run(self, work: Work) -> Iterator[Outcome]:
+        """The units on one pool of workers, in the local order as far as workers are free; outcomes in the
+        order they finish."""
+        workers, gpus = self._sizes(self._connect())
+        models = {}
+        for name in dict.fromkeys(unit.model for unit in work.units):
+            subject = work.models[name]
+            data = None if subject.generated or not self.ship_images else ray.put(subject.data)
+            models[name] = (subject.spec(), data, (subject.key, subject.image_keys))
+        options = {"num_cpus": self.cpus, "num_gpus": gpus}
+        self.pool = [ModelWorker.options(**options).remote(self.cpus, "cuda" if gpus else None)
+                     for _ in range(min(workers, len(work.units)))]
+        try:
+            queue, pending = deque(work.units), {}
+            for worker in self.pool:
+                for _ in range(IN_FLIGHT):
+                    self._submit(worker, queue, pending, work, models)
+            while pending:
+                (ready,), _ = ray.wait(list(pending), num_returns=1)
+                unit, worker = pending.pop(ready)
+                values, maps, seconds = _result(ready)
+                self._submit(worker, queue, pending, work, models)
+                yield Outcome(unit, values, maps, seconds)
+        finally:
+            for worker in self.pool:
+                ray.kill(worker, no_restart=True)
+            self.pool = []
+
+    @staticmethod
+    def _submit(worker, queue: deque, pending: dict, work: Work, models: dict) -> None:
+        if queue:
+            unit = queue.popleft()
+            reference = worker.evaluate.remote(unit.model, *models[unit.model], work.methods[unit.model][unit.method],
+                                               unit.images, work.metrics[unit.model])
+            pending[reference] = (unit, worker)
