@@ -28,6 +28,7 @@ DEFAULT_MODEL = ROOT / "exported_models" / "efficientnet_lite0.onnx"     # the p
 
 
 def timed_run(engine, models: list[str], out: Path, images: int, samples: int) -> float:
+    """Seconds of one leaderboard run of ``models`` (vanilla, SmoothGrad, suppression; MI) with ``engine``."""
     config = RunConfig.load(None, models=models, methods=["vanilla", "smoothgrad", "suppression"],
                             metrics=["mi"], images=images, out=str(out), gallery=0,
                             method_parameters={"smoothgrad": {"samples": samples},
@@ -38,6 +39,7 @@ def timed_run(engine, models: list[str], out: Path, images: int, samples: int) -
 
 
 def main() -> None:
+    """Time both engines in interleaved rounds and print the medians, the spread and their ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="A model to run (repeatable; default EfficientNet-Lite0).")
     parser.add_argument("--rounds", type=int, default=3)

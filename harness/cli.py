@@ -332,7 +332,7 @@ def run_options(command):
 @click.option("--ray-address", default=None, help="The Ray cluster to join ('auto': the one running here; "
                                                    "default: start a local one).")
 @click.option("--ray-workers", type=click.IntRange(min=1), default=None,
-              help="Ray workers per model (default: as many as the cluster's CPUs or GPUs allow).")
+              help="Ray workers in the run's pool (default: as many as the cluster's CPUs or GPUs allow).")
 @click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPUs (and runtime threads) per Ray worker.")
 @click.option("--ray-gpus", type=click.FloatRange(min=0), default=None,

@@ -2,8 +2,8 @@
 
 The setup is the one a run uses for each of its models (the card from metadata, sidecar and overrides; pixels
 through the card's preprocessing; Expected Gradients' references drawn as :mod:`harness.subject` draws them;
-Grad-CAM's layer from the graph unless named), so one input explained here gets the attribution a leaderboard
-would store for it.
+Grad-CAM's layer from the graph unless named), so one input explained here with a run's seed, target class and
+reference source gets the attribution that run computes for it.
 """
 
 from __future__ import annotations

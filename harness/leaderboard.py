@@ -81,7 +81,7 @@ class RunConfig:
                 raise HarnessError(f"{where}per_model.{name}: unknown keys {', '.join(unknown)}; a model may set "
                                    f"{', '.join(PER_MODEL_KEYS)}")
             _check_types(settings, f"{where}per_model.{name}".rstrip(": "))
-            if settings.get("images", 1) < 1 or (settings.get("samples") or 1) < 1:
+            if settings.get("images", 1) < 1 or settings.get("samples", 1) < 1:
                 raise HarnessError(f"{where}per_model.{name}: images and samples must be positive integers")
         return config
 
@@ -133,7 +133,9 @@ def _check_types(values: dict, path: str) -> None:
         kind, item = KEY_TYPES[key]
         if _has_type(value, kind, item):
             continue
-        if kind is dict:
+        if kind is dict and key == "per_model":
+            what = "a table of tables, one per model (for example [per_model.digits_cnn] images = 8)"
+        elif kind is dict:
             what = "a table of tables, one per method (for example [method_parameters.suppression] p = 0.6)"
         elif kind is list:
             what = f"a list of strings (for example {key} = {examples[key]})"

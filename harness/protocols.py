@@ -31,9 +31,9 @@ class Protocol:
 
 PROTOCOLS = Registry("protocol", HarnessError, entries=[(p.name, p) for p in (
     Protocol("figure-5", "Sampling distributions under one building block (Figure 5)",
-             "the plain gradient, SmoothGrad's Gaussian sampling (noise 0.15), IG's straight-line sampling and "
-             "feature suppression (p = 0.7), each aggregated as E|∇f| (eq. 7) and normalised to IG's sampling "
-             "(Sampling Matters in Explanations, Figure 5)",
+             "the plain gradient, SmoothGrad's Gaussian sampling, IG's straight-line sampling and feature "
+             "suppression (at the run's parameters; the paper's are noise 0.15 and p = 0.7), each aggregated as "
+             "E|∇f| (eq. 7) and normalised to IG's sampling (Sampling Matters in Explanations, Figure 5)",
              ("point+abs-mean", "normal+abs-mean", "linear+abs-mean", "suppression"), "linear+abs-mean"),
     Protocol("as-defined", "The methods as their authors define them",
              "the plain gradient (Simonyan et al. 2014), SmoothGrad (Smilkov et al. 2017), Integrated Gradients "

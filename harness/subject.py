@@ -18,7 +18,7 @@ import numpy as np
 
 from harness import DEFAULT_SEED
 from harness.attribution import Context, attribute, labels_or_predictions
-from harness.data import DATASETS, ImageSet, load_dataset
+from harness.data import DATASETS, SHARED_PREFIX, ImageSet, load_dataset
 from harness.errors import HarnessError
 from harness.metrics.randomisation import random_logit_attributions
 from harness.model_card import read_card
@@ -79,8 +79,10 @@ def confined_source(source, model_path: Path):
 def reference_pixels(source, card, seed: int = DEFAULT_SEED) -> np.ndarray:
     """Expected Gradients' reference set [REFERENCE_IMAGES, C, H, W] in [0, 1], drawn from ``source`` (a
     generator, a folder or a CSV) with the seed after ``seed``: a generator then gives images other than the ones
-    under test, and a folder another class-balanced sample (all of it when it holds fewer images)."""
-    return load_dataset(source, card, n=REFERENCE_IMAGES, seed=seed + 1).images
+    under test (past the images every seed shares, such as the photos' centre crops), and a folder another
+    class-balanced sample (all of it when it holds fewer images)."""
+    shared = SHARED_PREFIX.get(str(source), 0)
+    return load_dataset(source, card, n=REFERENCE_IMAGES + shared, seed=seed + 1).images[shared:]
 
 
 def _shown_path(path: Path) -> str:
@@ -96,26 +98,28 @@ class ModelUnderTest:
 
     ``dataset`` is "auto" (the card's own, which must lie beside the model), a bundled generator's name, or a
     folder or CSV; ``images`` images are drawn from it with ``seed`` (or ``data`` gives them, as drawn
-    elsewhere). ``threads`` and ``provider`` go to the runtime. ``card_file`` and ``card_overrides`` add
+    elsewhere), and Expected Gradients' reference set with the next seed (:func:`reference_pixels`; or
+    ``references`` gives it). ``threads`` and ``provider`` go to the runtime. ``card_file`` and ``card_overrides`` add
     card facts as the command line gives them. ``gallery`` is how many of the first images keep their maps.
-    Its ``key`` is a SHA-256 of the model's content and its card (a sidecar or a command-line fact changes what
-    the results mean as much as a weight does)."""
+    Its ``key`` is a SHA-256 of the model's content, its card and its reference set (a sidecar or a command-line
+    fact changes what the results mean as much as a weight does, and the references change Expected Gradients)."""
 
     def __init__(self, path: str | Path, dataset: str = "auto", images: int = 16, seed: int = DEFAULT_SEED,
                  batch_size: int = 32, gallery: int = 0, name: str | None = None, expose_embedding: bool = False,
                  card_file: str | Path | None = None, card_overrides: dict | None = None,
-                 data: ImageSet | None = None, threads: int | None = None, provider: str | None = None):
+                 data: ImageSet | None = None, references: np.ndarray | None = None, threads: int | None = None,
+                 provider: str | None = None):
         self.path, self.name = Path(path), name or model_name(path)
         self.seed, self.batch_size, self.gallery = seed, batch_size, gallery
-        self._spec = {"path": str(path), "dataset": dataset, "images": images, "seed": seed, "batch_size": batch_size,
-                      "gallery": gallery, "name": self.name, "expose_embedding": expose_embedding,
-                      "card_file": None if card_file is None else str(card_file), "card_overrides": card_overrides}
+        where = dataset if dataset == "auto" or str(dataset) in DATASETS else str(Path(dataset).resolve())
+        self._spec = {"path": str(Path(path).resolve()), "dataset": where, "images": images, "seed": seed,
+                      "batch_size": batch_size, "gallery": gallery, "name": self.name,
+                      "expose_embedding": expose_embedding, "card_overrides": card_overrides,
+                      "card_file": None if card_file is None else str(Path(card_file).resolve())}
         self.threads, self.provider = threads, provider
         self.proto = load_model(path)
         self.card = read_card(self.proto, model_path=path, sidecar=card_file, overrides=card_overrides)
         self.hash = content_hash(self.proto)
-        card_facts = {k: v for k, v in asdict(self.card).items() if k != "sources"}
-        self.key = hashlib.sha256(f"{self.hash}:{canonical(card_facts)}".encode()).hexdigest()
         self.source = self.card.extras.get("dataset") if dataset == "auto" else dataset
         if self.source is None:
             raise HarnessError(f"{self.name}: its card names no dataset; give --dataset")
@@ -126,6 +130,10 @@ class ModelUnderTest:
             log.info("%s: the model card names no labels; its classes are named by their indices", self.name)
         self.data: ImageSet = load_dataset(self.source, self.card, n=images, seed=seed) if data is None else data
         self.image_keys = image_keys(self.data)
+        self.references = reference_pixels(self.source, self.card, seed) if references is None else references
+        card_facts = {k: v for k, v in asdict(self.card).items() if k != "sources"}
+        reference_hash = hashlib.sha256(np.ascontiguousarray(self.references, np.float32).tobytes()).hexdigest()
+        self.key = hashlib.sha256(f"{self.hash}:{canonical(card_facts)}:{reference_hash}".encode()).hexdigest()
         self.x = self.card.to_model(self.data.images)
         if expose_embedding and not self.card.embedding:
             raise HarnessError(f"{self.name}: its card names no embedding tensor")
@@ -149,7 +157,7 @@ class ModelUnderTest:
 
     def spec(self) -> dict:
         """The arguments that build this model again elsewhere (an engine's worker): the same file, card,
-        dataset, images and seed, hence the same key and image keys."""
+        dataset, images and seed (paths made absolute), hence the same key and image keys."""
         return dict(self._spec)
 
     @property
@@ -174,7 +182,7 @@ class ModelUnderTest:
     @functools.cached_property
     def context(self) -> Context:
         """Black, white and Expected Gradients' references in the model's input space."""
-        return Context.from_card(self.card, self.card.to_model(reference_pixels(self.source, self.card, self.seed)))
+        return Context.from_card(self.card, self.card.to_model(self.references))
 
 
     def facts(self) -> dict:

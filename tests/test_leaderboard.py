@@ -300,7 +300,10 @@ def test_per_model_settings_give_a_model_its_own_images_methods_and_parameters(t
     ('[per_model.nowhere]\nimages = 2\n', "per_model names nowhere, which the run does not have"),
     ('[per_model.digits_cnn]\nimagez = 2\n', "per_model.digits_cnn: unknown keys imagez"),
     ('[per_model.digits_cnn]\nimages = "2"\n', "images must be an integer"),
-    ('[per_model.digits_cnn]\nimages = 0\n', "images and samples must be positive integers")])
+    ('[per_model.digits_cnn]\nimages = 0\n', "images and samples must be positive integers"),
+    ('[per_model.digits_cnn]\nsamples = 0\n', "images and samples must be positive integers"),
+    ('[per_model.digits_cnn.method_parameters.suppression]\nsamples = 0\n', "samples must be a positive integer"),
+    ('per_model = 3\n', "a table of tables, one per model")])
 def test_per_model_settings_are_checked_before_any_work(tmp_path, settings, message):
     from harness.errors import HarnessError
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.engines import LocalEngine, get_engine
@@ -27,10 +28,15 @@ CLI = [sys.executable, "-c", "from harness.cli import run; run()"]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    before = os.environ.get("HARNESS_CACHE_DIR")
     os.environ["HARNESS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))   # inherited by the workers
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+    if before is None:
+        os.environ.pop("HARNESS_CACHE_DIR", None)
+    else:
+        os.environ["HARNESS_CACHE_DIR"] = before
 
 
 def config(out: Path, **overrides) -> RunConfig:
@@ -109,6 +115,42 @@ def test_a_worker_that_sees_other_images_is_refused(tmp_path, cluster, monkeypat
     with pytest.raises(HarnessError, match="a Ray worker reads a different model file"):
         run_leaderboard(config(tmp_path / "run", models=[str(DIGITS)]), quiet=True, engine=engine)
     assert not (tmp_path / "run" / "results.sqlite").exists()      # refused before a row was written
+
+
+def test_folder_images_and_their_references_are_shipped_from_the_driver(tmp_path, cluster, monkeypatch):
+    """Expected Gradients on a folder: the workers get the driver's images and reference set, and the rows
+    equal the local engine's even where the folder a worker would read is gone."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("3", "7"):                 # class folders named by the digits model's labels
+        for i in range(4):
+            path = tmp_path / "images" / label / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((rng.random((40, 40)) * 255).astype(np.uint8)).save(path)
+    settings = {"models": [str(DIGITS)], "dataset": str(tmp_path / "images"), "images": 4,
+                "methods": ["expected-gradients", "vanilla"],
+                "method_parameters": {"expected-gradients": {"samples": 4}}}
+    run_leaderboard(config(tmp_path / "local", **settings), quiet=True, engine=LocalEngine())
+    engine = get_engine("ray", workers=2)
+    original = engine.run
+
+    def run_without_the_folder(work):       # the driver has read everything it needs before units go out
+        (tmp_path / "images").rename(tmp_path / "moved")
+        yield from original(work)
+
+    engine.run = run_without_the_folder
+    run_leaderboard(config(tmp_path / "ray", **settings), quiet=True, engine=engine)
+    assert stored(tmp_path / "ray") == stored(tmp_path / "local") and len(stored(tmp_path / "ray")[0]) == 16
+
+
+def test_a_worker_the_cluster_cannot_hold_is_refused_before_any_work(tmp_path, cluster):
+    for options, message in (({"cpus_per_worker": 3}, "no node of the Ray cluster can hold a worker of 3 CPU"),
+                             ({"workers": 3}, "holds 2 worker"), ({"gpus_per_worker": 0.5}, "and 0.5 GPU")):
+        with pytest.raises(HarnessError, match=message):
+            run_leaderboard(config(tmp_path / "run", models=[str(DIGITS)]), quiet=True,
+                            engine=get_engine("ray", **options))
+        assert not (tmp_path / "run" / "results.sqlite").exists()
 
 
 def test_engine_options_are_checked(tmp_path):

@@ -109,7 +109,8 @@ def test_a_run_records_attribution_seconds_and_the_page_leads_with_its_findings(
     assert sources and all((tmp_path / s).is_file() for s in sources)
     assert page.count("<figcaption>") == len(sources)                            # a caption for every figure
     markdown = (tmp_path / "leaderboard.md").read_text()
-    assert "| method | MI (nats) ↑ | MI / ig ↑ | suppression / method | suppression higher on | s/image |" in markdown
+    assert ("| method | MI (nats) ↑ | MI / ig ↑ | suppression / method | suppression higher on | s/image |"
+            in markdown)
     assert "\n\n| method |" in markdown and "|\n\n###" in markdown               # tables stand apart in Markdown
 
 

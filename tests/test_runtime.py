@@ -360,6 +360,7 @@ def bound_and_plain(name: str, rows: int, **options):
     path = DIGITS.parent / f"{name}.onnx"
     proto = load_model(path)
     card = read_card(proto, path)
+    options = {"provider": "cpu", **options}       # the CPU provider even where CUDA is present
     bound, plain = (GradientRuntime.from_card(proto, card, binding=b, **options) for b in (True, False))
     pixels = np.random.default_rng(5).random((rows, *card.input_size), dtype=np.float32)
     return bound, plain, card.to_model(pixels)

@@ -42,3 +42,22 @@ def test_the_key_changes_with_the_card_and_not_with_the_name():
     assert ModelUnderTest(DIGITS, images=2, name="other").key == plain.key
     changed = ModelUnderTest(DIGITS, images=2, card_overrides={"mean": [0.4], "std": [0.2]})
     assert changed.key != plain.key
+
+
+def test_photo_references_are_not_the_photos_under_test():
+    """Every seed starts the photos with the same ten centre crops; the reference set skips them, so no image
+    under test is its own baseline."""
+    from harness.data.photos import PHOTO_NAMES
+    from harness.subject import REFERENCE_IMAGES
+
+    model = ModelUnderTest(DIGITS, dataset="photos", images=len(PHOTO_NAMES))
+    assert model.references.shape == (REFERENCE_IMAGES, 1, 32, 32)
+    under_test = {image.tobytes() for image in model.data.images}
+    assert not any(reference.tobytes() in under_test for reference in model.references)
+
+
+def test_the_key_covers_the_reference_set():
+    """Expected Gradients depends on the references: other references, another key, so no row is reused."""
+    plain = ModelUnderTest(DIGITS, images=2)
+    other = ModelUnderTest(DIGITS, images=2, references=plain.references[::-1].copy())
+    assert other.key != plain.key and other.image_keys == plain.image_keys

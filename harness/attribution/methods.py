@@ -24,6 +24,8 @@ class NamedMethod:
     defaults: tuple = ()   # (parameter, value) pairs that differ from the sampler's own defaults
 
 
+COUNT_PARAMETERS = ("samples", "steps")     # how many gradients a method takes: at least one
+
 NAMED_METHODS = Registry("method", SamplingError, entries={
     "vanilla": NamedMethod("point", "mean", "the gradient at x (Simonyan et al. 2014)"),
     "smoothgrad": NamedMethod("normal", "mean", "mean gradient under Gaussian noise, level 0.15 (Smilkov 2017)"),
@@ -65,6 +67,11 @@ def get_method(name: str, times_input: bool = False, **parameters) -> Method:
     if unknown:
         raise SamplingError(f"{name} has no parameter {', '.join(unknown)} (its sampler {sampler_name} takes "
                             f"{', '.join(sorted(allowed)) or 'none'})")
+    counts = {k: v for k, v in given.items() if k in COUNT_PARAMETERS}
+    wrong = sorted(k for k, v in counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1)
+    if wrong:
+        raise SamplingError(f"{name}: {', '.join(wrong)} must be a positive integer, got "
+                            + ", ".join(f"{k} = {counts[k]!r}" for k in wrong))
     sampler = cls(**{**base, **given})
     label = name + ("×input" if times_input else "")
     return Method(label, sampler, aggregator, times_input)

@@ -14,13 +14,14 @@ from harness import DEFAULT_SEED
 from harness.data.base import DataError, ImageSet, Preprocessing, match_channels, normalise
 from harness.data.digits import digits_split
 from harness.data.folders import load_image_folder
-from harness.data.photos import photo_images
+from harness.data.photos import PHOTO_NAMES, photo_images
 from harness.data.shapes import generate_shapes
 from harness.registry import Registry
 
-__all__ = ["DATASETS", "DataError", "ImageSet", "Preprocessing", "load_dataset", "match_channels", "normalise"]
+__all__ = ["DATASETS", "SHARED_PREFIX", "DataError", "ImageSet", "Preprocessing", "load_dataset", "match_channels", "normalise"]
 
 DEFAULT_COUNT = 64
+SHARED_PREFIX = {"photos": len(PHOTO_NAMES)}    # leading images that every seed gives (the centre crops)
 
 
 def _square_side(input_size) -> int:

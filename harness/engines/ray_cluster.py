@@ -7,8 +7,10 @@ driver alone.
   model: the same content-and-card key and the same image keys, else the run stops before any of its rows is
   written.
 * **Data.** Generated sets (``shapes``, ``digits``, ``photos``) are rebuilt on the workers from (seed, i).
-  Images from a folder or CSV are shipped from the driver through Ray's object store (the default), or, with
-  ``ship_images=False``, read by the workers from the same path, which every machine must then share. Model
+  Images from a folder or CSV, and Expected Gradients' references drawn from it, are shipped from the driver
+  through Ray's object store (the default), or, with ``ship_images=False``, read by the workers from the same
+  path, which every machine must then share. The model's key covers its reference set, so a worker that drew
+  other references is refused like one that reads another model. Model
   files (and card sidecars) are read by the workers from the driver's path: every machine needs them there.
 * **Faults.** Actors restart when they die (``max_restarts``) and a unit in flight on a dead actor is retried
   on its successor (``max_task_retries``); the driver writes each unit's rows in one transaction with
@@ -46,13 +48,14 @@ class ModelWorker:
         self.threads, self.provider = threads, provider
         self.name, self.subject = None, None
 
-    def evaluate(self, name: str, spec: dict, data, identity: tuple, method, images: tuple[int, ...],
-                 metrics: list[str]):
+    def evaluate(self, name: str, spec: dict, data, references, identity: tuple, method,
+                 images: tuple[int, ...], metrics: list[str]):
         """One unit of the model ``name``: :meth:`harness.subject.ModelUnderTest.evaluate`. A model whose key
         or image keys differ from the driver's ``identity`` is refused (another file, card or images here)."""
         if self.name != name:
             self.name, self.subject = None, None      # the previous model's runtime goes before the next one's
-            subject = ModelUnderTest(**spec, data=data, threads=self.threads, provider=self.provider)
+            subject = ModelUnderTest(**spec, data=data, references=references, threads=self.threads,
+                                     provider=self.provider)
             if (subject.key, subject.image_keys) != identity:
                 raise HarnessError(f"{name}: a Ray worker reads a different model file, card or images than the "
                                    "driver; every machine needs the same files at the same paths")
@@ -74,7 +77,7 @@ def _result(reference):
 @ENGINES.register("ray")
 class RayEngine:
     """Units on a Ray cluster: ``address`` (None starts a local one; "auto" joins the running one), ``workers``
-    per model (default: as many as the cluster's CPUs, or GPUs, allow), ``cpus_per_worker`` (also the
+    in the run's pool (default: as many as the cluster's CPUs, or GPUs, allow), ``cpus_per_worker`` (also the
     runtime's threads), ``gpus_per_worker`` (default 1 where CUDA is available, else 0), ``ship_images``."""
 
     name = "ray"
@@ -87,10 +90,10 @@ class RayEngine:
             raise HarnessError(f"a worker's share of a GPU must not be negative, got {gpus_per_worker}")
         self.address, self.workers, self.cpus = address, workers, cpus_per_worker
         self.gpus, self.ship_images = gpus_per_worker, ship_images
-        self.pool: list = []          # the current model's workers (tests kill one to check recovery)
+        self.pool: list = []          # the run's workers (tests kill one to check recovery)
 
-    def _connect(self) -> dict:
-        """Join (or start) the cluster once; its resources."""
+    def _connect(self) -> None:
+        """Join (or start) the cluster once."""
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
@@ -98,28 +101,35 @@ class RayEngine:
             except (ConnectionError, ValueError, RuntimeError) as error:
                 raise HarnessError(f"cannot reach the Ray cluster at {self.address or 'a new local one'}: "
                                    f"{error}") from None
-        return ray.cluster_resources()
 
-    def _sizes(self, resources: dict) -> tuple[int, float]:
-        """Workers per model and each one's GPU share."""
-        cuda = "CUDAExecutionProvider" in ort.get_available_providers() and resources.get("GPU", 0) > 0
+    def _sizes(self) -> tuple[int, float]:
+        """The pool's size and each worker's GPU share, checked against the cluster before any actor starts: a
+        worker no node can hold, or more workers than the cluster holds, would wait for ever."""
+        nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+        cuda = "CUDAExecutionProvider" in ort.get_available_providers() and any(n.get("GPU", 0) for n in nodes)
         gpus = self.gpus if self.gpus is not None else (1.0 if cuda else 0.0)
-        if self.workers is not None:
-            return self.workers, gpus
-        limit = resources.get("CPU", 1) // self.cpus
-        if gpus:
-            limit = min(limit, resources.get("GPU", 0) // gpus)
-        return max(1, int(limit)), gpus
+        fits = sum(int(min(n.get("CPU", 0) // self.cpus, n.get("GPU", 0) // gpus if gpus else float("inf")))
+                   for n in nodes)
+        if fits < 1:
+            raise HarnessError(f"no node of the Ray cluster can hold a worker of {self.cpus} CPU(s)"
+                               + (f" and {gpus:g} GPU" if gpus else "") + "; lower --ray-cpus or --ray-gpus")
+        if self.workers is not None and self.workers > fits:
+            raise HarnessError(f"the Ray cluster holds {fits} worker(s) of {self.cpus} CPU(s)"
+                               + (f" and {gpus:g} GPU" if gpus else "") + f", not {self.workers}; lower --ray-workers")
+        return self.workers or fits, gpus
 
     def run(self, work: Work) -> Iterator[Outcome]:
         """The units on one pool of workers, in the local order as far as workers are free; outcomes in the
         order they finish."""
-        workers, gpus = self._sizes(self._connect())
+        self._connect()
+        workers, gpus = self._sizes()
         models = {}
         for name in dict.fromkeys(unit.model for unit in work.units):
             subject = work.models[name]
-            data = None if subject.generated or not self.ship_images else ray.put(subject.data)
-            models[name] = (subject.spec(), data, (subject.key, subject.image_keys))
+            shipped = not subject.generated and self.ship_images
+            data = ray.put(subject.data) if shipped else None
+            references = ray.put(subject.references) if shipped else None
+            models[name] = (subject.spec(), data, references, (subject.key, subject.image_keys))
         options = {"num_cpus": self.cpus, "num_gpus": gpus}
         self.pool = [ModelWorker.options(**options).remote(self.cpus, "cuda" if gpus else None)
                      for _ in range(min(workers, len(work.units)))]

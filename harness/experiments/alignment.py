@@ -40,7 +40,9 @@ def run(config, quiet: bool = False) -> list[Path]:
     with a cosine-kernel PCA; write the centres' distances (CSV) and one figure per model, with its caption."""
     out = Path(config.out) / "experiments"
     rows, written = [], []
-    for model_path, name in zip(config.models, model_names(config.models)):
+    names = model_names(config.models)
+    config.check_model_names(names)
+    for model_path, name in zip(config.models, names):
         model = ModelUnderTest.from_config(model_path, config, name, expose_embedding=True)
 
         def embed(points: np.ndarray) -> np.ndarray:

@@ -24,6 +24,9 @@ PAIR = ("shapes_resnet", "shapes_resnet_augmented")
 def run(config, quiet: bool = False) -> list[Path]:
     """Figure 2: each method's MI on the shapes ResNet and on its augmentation-trained twin, and their ratio;
     writes the CSV and the figure with its caption."""
+    if config.per_model:
+        raise HarnessError("the augmentation experiment runs the same methods and images on both models of its "
+                           "pair; it takes no per_model settings")
     paths = {Path(m).stem: m for m in config.models}
     paths = {name: paths.get(name, str(BUNDLED_MODELS_DIR / f"{name}.onnx")) for name in PAIR}
     if not all(Path(p).exists() for p in paths.values()):

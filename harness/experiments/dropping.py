@@ -31,7 +31,9 @@ def run(config, quiet: bool = False) -> list[Path]:
     0.7 down to 0.2), per model; writes the CSV and, per model, a figure of its result with its caption."""
     out = Path(config.out) / "experiments"
     rows, written = [], []
-    for model_path, name in zip(config.models, model_names(config.models)):
+    names = model_names(config.models)
+    config.check_model_names(names)
+    for model_path, name in zip(config.models, names):
         model = ModelUnderTest.from_config(model_path, config, name)
         mine = []
         dropped = {keep: drop_pixels(model, keep, config.seed) for keep in KEEP_RATIOS}

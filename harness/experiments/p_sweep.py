@@ -6,8 +6,8 @@ norm sqrt(Σ_pixels E_x̂ (∇f)²), from the ``square-mean`` aggregator over th
 both maximised for p in [0.6, 0.8].
 
 The sweep's suppression is the leaderboard's (its parameters from the run's ``method_parameters``, its samples
-per image from ``config.samples`` where given, else the sampler's own default), with p set: at p = 0.7 its MI is
-the leaderboard's ``suppression`` MI of the same images, bit for bit. Per-image rows live in a results store of
+per image from ``config.samples`` where given, else the sampler's own default), with p set: at p = 0.7, with the
+samples the leaderboard's ``suppression`` uses, its MI is that method's MI of the same images, bit for bit. Per-image rows live in a results store of
 their own, ``OUT/experiments/p-sweep`` (the leaderboard's store and report never see them), keyed like the
 leaderboard's by model, method parameters, image and seed: a rerun computes only what is missing, and a killed
 run resumes. The CSV and the figure are views of the rows of the latest run: per model and p, the mean MI and the
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from harness.attribution import get_method
 from harness.attribution.engine import Method, aggregate_samples
 from harness.attribution.methods import describe
+from harness.errors import HarnessError
 from harness.experiments import register, save_with_caption, write_csv
 from harness.figures import pyplot
 from harness.metrics import get_metric
@@ -44,6 +45,8 @@ def sweep_methods(config) -> dict[float, Method]:
     """Per p of ``P_VALUES``, the sweep's suppression (Figure 4b): the run's suppression parameters, its samples
     per image from ``config.samples`` where given (else the sampler's default), and p."""
     base = dict(config.method_parameters.get(METHOD, {}))
+    if base.get("times_input"):
+        raise HarnessError("the p-sweep measures E|∇f| itself (Figure 4b); it does not take times_input")
     if config.samples is not None:
         base["samples"] = config.samples
     return {p: get_method(METHOD, **{**base, "p": p}) for p in P_VALUES}
@@ -172,11 +175,10 @@ def _figure(table: list[dict], path: Path) -> list[Path]:
               title="network activation")
     left.legend(fontsize=7)
     right.legend(fontsize=7)
-    images, samples = max(r["images"] for r in table), table[0]["samples"]
+    sizes = "; ".join(dict.fromkeys(f"{r['model']}: {r['images']} images at {r['samples']} samples" for r in table))
     title = f"Feature suppression sweep (paper Fig. 4b): MI arg-max: {_argmax_text(table)}"
     caption = (f"Left: the mean mutual information between image and suppression explanation E|∇f| against the "
-               f"share p of pixels dropped, per model, with 95% bootstrap intervals over {images} images at "
-               f"{samples} samples each, starred at its arg-max ({_argmax_text(table)}); right: the RMS gradient "
+               f"share p of pixels dropped, per model, with 95% bootstrap intervals ({sizes}), starred at its arg-max ({_argmax_text(table)}); right: the RMS gradient "
                "norm of the same samples over its largest mean. The paper (Figure 4b, a ResNet50 on ImageNet) "
                "reports both the MI and the network activation maximised for p in [0.6, 0.8], shaded here.")
     return save_with_caption(figure, path, title, caption)
