@@ -232,6 +232,9 @@ ROWS = [
     ("check-images-zero", ("check", str(DIGITS), "--images", "0"), 2, ["--images"], []),
     ("leaderboard-images-zero", (*LEADERBOARD, "--images", "0", "--out", "{out}"), 2, ["--images"], NO_STORE),
     ("leaderboard-batch-zero", (*LEADERBOARD, "--batch-size", "0", "--out", "{out}"), 2, ["--batch-size"], NO_STORE),
+    ("leaderboard-ray-option-local", (*LEADERBOARD, "--ray-workers", "2", "--out", "{out}"), 2,
+     ["--ray-* options need --engine ray"], NO_STORE),
+    ("leaderboard-engine-unknown", (*LEADERBOARD, "--engine", "spark", "--out", "{out}"), 2, ["--engine"], NO_STORE),
     # -- output locations -------------------------------------------------------------------------------
     ("explain-out-is-folder", (*EXPLAIN, "--tensor", "{f}/good.npy", "-o", "{f}/empty_folder"), 2, ["empty_folder", "is a directory"], []),
     ("explain-out-under-file", (*EXPLAIN, "--tensor", "{f}/good.npy", "-o", "{f}/a_file/z.npy"), 2, ["a_file", "is a file"], []),
