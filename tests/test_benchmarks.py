@@ -44,3 +44,12 @@ def test_ray_overhead_reports_a_ratio():
     pytest.importorskip("ray", reason="the Ray engine is an optional extra; CI installs it with the tests")
     out = run_script("ray_overhead.py", "--rounds", "1", "--images", "2", "--samples", "2")
     assert re.search(r"ray / local: median \d+\.\d{3}", out), out
+
+
+def test_versus_captum_reports_three_ratios():
+    pytest.importorskip("torch")
+    pytest.importorskip("captum", reason="the bench extra; CI installs it with the tests")
+    out = run_script("versus_captum.py", "--arch", "resnet18", "--size", "32", "--images", "1", "--samples", "2",
+                     "--rounds", "1")
+    for method in ("smoothgrad", "ig", "suppression"):
+        assert re.search(rf"{method}\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d\d", out), out
