@@ -53,3 +53,11 @@ def test_versus_captum_reports_three_ratios():
                      "--rounds", "1")
     for method in ("smoothgrad", "ig", "suppression"):
         assert re.search(rf"{method}\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d\d", out), out
+
+
+def test_versus_pair_reports_a_ratio():
+    pytest.importorskip("torch")
+    pytest.importorskip("saliency", reason="the bench extra; CI installs it with the tests")
+    out = run_script("versus_pair.py", "--arch", "resnet18", "--size", "32", "--images", "1", "--steps", "3",
+                     "--rounds", "1")
+    assert re.search(r"PAIR / harness \d+\.\d\d", out), out
