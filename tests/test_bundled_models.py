@@ -14,6 +14,7 @@ from harness.data.base import normalise
 from harness.data.digits import digits_split
 from harness.data.shapes import generate_shapes
 from harness.gradients import add_input_gradient
+from harness.onnx_io import content_hash, load_model
 from harness.model_card import read_card
 from opcheck import relative_l2
 
@@ -31,7 +32,7 @@ TRAINING_FACTS = ("accuracy", "dataset", "data_seed")
 
 def test_the_promised_models_are_bundled_within_the_size_budget():
     assert {p.stem for p in BUNDLED} >= EXPECTED
-    sizes = {p.stem: p.stat().st_size for p in BUNDLED}
+    sizes = {p.stem: sum(f.stat().st_size for f in [p, *p.parent.glob(f"{p.stem}-weights-*.bin")]) for p in BUNDLED}
     assert all(size <= PRETRAINED.get(name, 10 * MB) for name, size in sizes.items()), sizes
     assert sum(sizes.values()) <= 40 * MB, sizes
 
@@ -97,3 +98,12 @@ def test_gradient_graph_matches_torch_autograd_on_the_saved_weights(path, tmp_pa
     (reference,) = torch.autograd.grad((reference_logits * torch.from_numpy(seed.astype(np.float64))).sum(), x64)
     assert relative_l2(logits, reference_logits.detach().numpy()) < 1e-4
     assert relative_l2(grad, reference.numpy()) < 1e-4
+
+
+def test_a_models_identity_does_not_depend_on_where_its_weights_are_stored(tmp_path):
+    """Weights as ONNX external data (as EfficientNet-Lite0 ships) load into the same model, hash and all."""
+    inline = load_model(MODELS_DIR / "digits_cnn.onnx")
+    onnx.save(onnx.load(str(MODELS_DIR / "digits_cnn.onnx")), str(tmp_path / "m.onnx"), save_as_external_data=True,
+              location="m-weights-1.bin", size_threshold=0)
+    assert (tmp_path / "m-weights-1.bin").stat().st_size > 100_000
+    assert content_hash(load_model(tmp_path / "m.onnx")) == content_hash(inline)

@@ -157,4 +157,8 @@ def test_the_input_gradient_equals_float64_torch_autograd_on_photos(lite0):
 
 def test_the_export_script_reproduces_the_bundled_file(lite0, tmp_path):
     out = lite0.main(["-o", str(tmp_path / "efficientnet_lite0.onnx")])
-    assert out.read_bytes() == MODEL.read_bytes(), "re-run python export_scripts/efficientnet_lite0.py"
+    written, bundled = [out, *lite0.weight_files(out)], [MODEL, *lite0.weight_files(MODEL)]
+    assert [p.name for p in written] == [p.name for p in bundled] and len(bundled) > 1
+    assert max(p.stat().st_size for p in bundled) < 10_000_000         # no file of the repository over 10 MB
+    assert [p.read_bytes() for p in written] == [p.read_bytes() for p in bundled], \
+        "re-run python export_scripts/efficientnet_lite0.py"

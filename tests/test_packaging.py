@@ -36,12 +36,16 @@ def test_a_built_wheel_runs_the_bundled_models_from_any_folder(tmp_path):
         names = archive.namelist()
         archive.extractall(tmp_path / "site")
     models = sorted(Path(n).name for n in names if n.startswith("harness/exported_models/"))
-    assert models == sorted(["__init__.py", *(p.name for p in (ROOT / "exported_models").glob("*.onnx"))])
+    shipped = [p.name for pattern in ("*.onnx", "*-weights-*.bin") for p in (ROOT / "exported_models").glob(pattern)]
+    assert models == sorted(["__init__.py", *shipped])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     probe = ("import harness, harness.bundled as b; from harness.cli import DEFAULT_MODEL; "
-             "print(harness.__file__); print(len(b.bundled_models()), DEFAULT_MODEL.is_file())")
+             "from harness.onnx_io import load_model; "
+             "print(harness.__file__); print(len(b.bundled_models()), DEFAULT_MODEL.is_file()); "
+             "[load_model(m) for m in b.bundled_models()]")       # external weights load from the wheel too
     result = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, check=True)
     origin, found = result.stdout.split("\n")[:2]
-    assert origin.startswith(str(tmp_path / "site")) and found == f"{len(models) - 1} True"   # not __init__.py
+    onnx_files = len(list((ROOT / "exported_models").glob("*.onnx")))
+    assert origin.startswith(str(tmp_path / "site")) and found == f"{onnx_files} True"
