@@ -12,7 +12,7 @@ from matplotlib import cm, colors
 
 from harness.metrics.certainty import NORMALISED_MI
 from harness.model_card import ModelCard
-from harness.visual import COLOUR_BARS, colour_scale, heatmap_rgb, image_rgb
+from harness.visual import COLOUR_BARS, colour_scale, coloured, image_rgb
 
 FIGURES_DIR = "figures"
 
@@ -92,9 +92,9 @@ def _gallery_panels(per_image, images, methods, inputs, keys, model, card, schem
             for offset, shown in ((0, attribution), (1, None if x is None else attribution * x)):
                 if shown is None:
                     continue
-                _, name = colour_scale(shown, scheme)
+                scaled, name = colour_scale(shown, scheme)
                 used.append(name)
-                panels[(r, 2 * c + offset)] = heatmap_rgb(shown, scheme)
+                panels[(r, 2 * c + offset)] = coloured(scaled, name)
     return panels, list(dict.fromkeys(used))
 
 

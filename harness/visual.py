@@ -62,7 +62,11 @@ def colour_scale(attribution: np.ndarray, scheme: str = "auto") -> tuple[np.ndar
 
 def heatmap_rgb(attribution: np.ndarray, scheme: str = "auto") -> np.ndarray:
     """uint8 [H, W, 3] heatmap of an attribution [C, H, W] or [H, W]."""
-    scaled, name = colour_scale(attribution, scheme)
+    return coloured(*colour_scale(attribution, scheme))
+
+
+def coloured(scaled: np.ndarray, name: str) -> np.ndarray:
+    """uint8 [H, W, 3]: a map scaled by :func:`colour_scale` through its colour map ``name``."""
     low, high, _ = COLOUR_BARS[name]
     colours = matplotlib.colormaps[name]((scaled - low) / (high - low))[..., :3]
     return (colours * 255).round().astype(np.uint8)

@@ -121,8 +121,8 @@ def summarise(rows: list[dict], models: list[str], p_of: dict[str, dict[str, flo
               samples: dict[str, int]) -> list[dict]:
     """Figure 4b's table from the store's rows (``p_of[model][parameters]`` is the p of a model's method, and
     ``samples[model]`` its samples per image): per model and p, the mean MI and the mean RMS gradient norm with
-    their 95% bootstrap intervals (:func:`harness.tables.bootstrap`), the number of images, and ``argmax``: True
-    on the p of the model's highest mean MI."""
+    their 95% bootstrap intervals (:func:`harness.tables.bootstrap`), the number of images with a finite MI, and
+    ``argmax``: True on the p of the model's highest mean MI."""
     values: dict = defaultdict(lambda: defaultdict(list))     # (model, p) -> metric -> per-image values
     for row in rows:
         values[row["model"], p_of[row["model"]][row["parameters"]]][row["metric"]].append(
@@ -135,7 +135,7 @@ def summarise(rows: list[dict], models: list[str], p_of: dict[str, dict[str, flo
             mine.append({"model": model, "p": p, "samples": samples[model], "mean_mi": information.mean,
                          "mi_low": information.low, "mi_high": information.high,
                          "mean_gradient_norm": norm.mean, "gradient_norm_low": norm.low,
-                         "gradient_norm_high": norm.high, "images": len(values[model, p][MI]), "argmax": False})
+                         "gradient_norm_high": norm.high, "images": information.n, "argmax": False})
         finite = [r for r in mine if np.isfinite(r["mean_mi"])]
         if finite:
             max(finite, key=lambda r: r["mean_mi"])["argmax"] = True     # the smallest such p on a tie
