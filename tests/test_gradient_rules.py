@@ -89,6 +89,16 @@ CASES = [
     OpCase("Conv-same-upper-stride2", "Conv", [(1, 3, 6, 5), W3], attrs={"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
     OpCase("Conv-same-lower", "Conv", [(1, 3, 6, 5), rng.normal(size=(4, 3, 2, 2))], attrs={"auto_pad": "SAME_LOWER"}),
     OpCase("Conv-valid-1d", "Conv", [(2, 3, 9), rng.normal(size=(2, 3, 3))], attrs={"auto_pad": "VALID", "strides": [2]}),
+    # strided convolutions of every geometry: ConvTranspose's cropping and output padding
+    OpCase("Conv-stride2-1x1", "Conv", [(2, 3, 7, 6), rng.normal(size=(4, 3, 1, 1))], attrs={"strides": [2, 2]}),
+    OpCase("Conv-stride2-7x7-stem", "Conv", [(1, 3, 11, 12), rng.normal(size=(4, 3, 7, 7))], attrs={"strides": [2, 2], "pads": [3, 3, 3, 3]}),
+    OpCase("Conv-stride3-uneven", "Conv", [(1, 3, 10, 8), rng.normal(size=(2, 3, 4, 2))], attrs={"strides": [3, 3], "pads": [2, 1, 0, 2]}),
+    OpCase("Conv-stride2-kernel-1x3", "Conv", [(1, 3, 6, 7), rng.normal(size=(2, 3, 1, 3))], attrs={"strides": [2, 2], "pads": [0, 1, 0, 1]}),
+    OpCase("Conv-stride2-pad-beyond-kernel", "Conv", [(1, 3, 5, 5), rng.normal(size=(2, 3, 2, 2))], attrs={"strides": [2, 2], "pads": [3, 2, 4, 1]}),
+    OpCase("Conv-stride2-depthwise-5x5", "Conv", [(2, 4, 9, 8), rng.normal(size=(4, 1, 5, 5))], attrs={"group": 4, "strides": [2, 2], "pads": [2, 2, 2, 2]}),
+    OpCase("Conv-stride2-groups", "Conv", [(1, 4, 7, 7), rng.normal(size=(6, 2, 3, 3))], attrs={"group": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]}, engine="ort32", fd_step=0.1, fd_tolerance=1e-4),
+    OpCase("Conv-stride2x1", "Conv", [(1, 3, 7, 6), W3], attrs={"strides": [2, 1], "pads": [1, 1, 1, 1]}),
+    OpCase("Conv-stride2-dilated", "Conv", [(1, 3, 9, 9), W3], attrs={"strides": [2, 2], "dilations": [2, 2]}),
     OpCase("Conv-symbolic-batch", "Conv", [(2, 3, 5, 5), W3], attrs={"pads": [1, 1, 1, 1]}, symbolic_batch=True),
     OpCase("Conv-symbolic-size-stride1", "Conv", [(1, 3, 5, 6), W3], attrs={"pads": [1, 1, 1, 1]}, symbolic_spatial=True),
     OpCase("Conv-symbolic-size-stride2", "Conv", [(1, 3, 7, 6), W3], attrs={"strides": [2, 2], "pads": [1, 0, 1, 2]}, symbolic_spatial=True),
@@ -227,3 +237,4 @@ def test_step_masks_are_exact_at_and_next_to_the_bounds(op_type, low, high, afte
     if high is not None:
         inside &= x < np.float32(high)
     np.testing.assert_array_equal(grad, inside.astype(np.float32))
+
