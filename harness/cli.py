@@ -25,7 +25,7 @@ from harness.bundled import DEFAULT_MODEL
 from harness.demo import DEMO_EXPERIMENTS, DEMO_OUT, IMAGENET_MODEL, demo_check, run_demo
 from harness.engines import engine_names, get_engine
 from harness.errors import HarnessError
-from harness.experiments import get_experiment
+from harness.experiments import experiment_names, get_experiment, runs_on_engines
 from harness.explanation import explain_input
 from harness.feeding import build_gradient_model
 from harness.files import read_npy, writable_dir, writable_file
@@ -323,20 +323,39 @@ def run_options(command):
     return command
 
 
+def engine_options(command):
+    """Where a run's units of work go: ``--engine`` and the Ray engine's options."""
+    options = [
+        click.option("--engine", type=click.Choice(engine_names()), default="local", show_default=True,
+                     help="Where units of work run: this process, or a Ray cluster (pip install 'harness[ray]')."),
+        click.option("--ray-address", default=None, help="The Ray cluster to join ('auto': the one running here; "
+                                                          "default: start a local one)."),
+        click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+                     help="Ray workers in the run's pool (default: as many as the cluster's CPUs or GPUs allow)."),
+        click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="CPUs (and runtime threads) per Ray worker."),
+        click.option("--ray-gpus", type=click.FloatRange(min=0), default=None,
+                     help="GPU share per Ray worker (default: 1 where CUDA is available, else 0)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def chosen_engine(engine: str, ray_address, ray_workers, ray_cpus, ray_gpus):
+    """The engine the options name; Ray's options without ``--engine ray`` are refused."""
+    if engine != "ray" and (ray_address or ray_workers or ray_gpus is not None or ray_cpus != 1):
+        raise HarnessError("the --ray-* options need --engine ray")
+    options = {} if engine == "local" else {"address": ray_address, "workers": ray_workers,
+                                            "cpus_per_worker": ray_cpus, "gpus_per_worker": ray_gpus}
+    return get_engine(engine, **options)
+
+
 @main.command()
 @run_options
 @click.option("--methods", multiple=True, help="Methods (repeatable; default: every named method).")
 @click.option("--metrics", multiple=True, help="Metrics (repeatable; default: all that apply).")
-@click.option("--engine", type=click.Choice(engine_names()), default="local", show_default=True,
-              help="Where units of work run: this process, or a Ray cluster (pip install 'harness[ray]').")
-@click.option("--ray-address", default=None, help="The Ray cluster to join ('auto': the one running here; "
-                                                   "default: start a local one).")
-@click.option("--ray-workers", type=click.IntRange(min=1), default=None,
-              help="Ray workers in the run's pool (default: as many as the cluster's CPUs or GPUs allow).")
-@click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
-              help="CPUs (and runtime threads) per Ray worker.")
-@click.option("--ray-gpus", type=click.FloatRange(min=0), default=None,
-              help="GPU share per Ray worker (default: 1 where CUDA is available, else 0).")
+@engine_options
 @user_errors
 def leaderboard(config_file, models, dataset, images, seed, out, batch_size, quiet, methods, metrics, engine,
                 ray_address, ray_workers, ray_cpus, ray_gpus):
@@ -345,11 +364,8 @@ def leaderboard(config_file, models, dataset, images, seed, out, batch_size, qui
                             metrics=list(metrics) or None, dataset=dataset, images=images, seed=seed, out=out,
                             batch_size=batch_size)
     writable_dir(config.out, "--out")
-    if engine != "ray" and (ray_address or ray_workers or ray_gpus is not None or ray_cpus != 1):
-        raise HarnessError("the --ray-* options need --engine ray")
-    options = {} if engine == "local" else {"address": ray_address, "workers": ray_workers,
-                                            "cpus_per_worker": ray_cpus, "gpus_per_worker": ray_gpus}
-    run_dir = run_leaderboard(config, quiet=_quiet(quiet), engine=get_engine(engine, **options))
+    chosen = chosen_engine(engine, ray_address, ray_workers, ray_cpus, ray_gpus)
+    run_dir = run_leaderboard(config, quiet=_quiet(quiet), engine=chosen)
     report = write_report(run_dir, force=False)
     click.echo(f"{len(config.models)} models x {len(config.methods)} methods x {config.images} images: "
                f"report {report}")
@@ -371,14 +387,22 @@ def report(run_dir, colours):
 @run_options
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Samples per image where the experiment draws them (p-sweep; default: the sampler's own).")
+@engine_options
 @user_errors
-def experiment(name, config_file, models, dataset, images, seed, out, batch_size, quiet, samples):
-    """Run one of the papers' experiments (p-sweep, ...): its figure and its CSV go into OUT/experiments."""
+def experiment(name, config_file, models, dataset, images, seed, out, batch_size, quiet, samples, engine,
+               ray_address, ray_workers, ray_cpus, ray_gpus):
+    """Run one of the papers' experiments (p-sweep, ...): its figure and its CSV go into OUT/experiments.
+    The p-sweep's units of work run on any engine; the others, forward passes or one pair of models, run here."""
     run = get_experiment(name)
+    if engine != "local" and not runs_on_engines(name):
+        on_engines = [n for n in experiment_names() if runs_on_engines(n)]
+        raise HarnessError(f"the {name} experiment runs in this process; --engine {engine} applies to "
+                           f"{', '.join(on_engines)}")
+    chosen = chosen_engine(engine, ray_address, ray_workers, ray_cpus, ray_gpus)
     config = RunConfig.load(config_file, models=list(models) or None, dataset=dataset, images=images, seed=seed,
                             out=out, batch_size=batch_size, samples=samples)
     writable_dir(config.out, "--out")
-    written = run(config, quiet=_quiet(quiet))
+    written = run(config, quiet=_quiet(quiet), **({"engine": chosen} if runs_on_engines(name) else {}))
     click.echo(f"{name}: wrote " + ", ".join(str(p) for p in written))
 
 

@@ -1,5 +1,6 @@
-"""The Ray engine on a local cluster (``ray.init(num_cpus=2)``): the rows of the local engine, byte for byte;
-a worker killed mid-run; a driver killed mid-run; and a worker that sees another model than the driver."""
+"""The Ray engine on a local cluster (``ray.init(num_cpus=2)``): the rows of the local engine, byte for byte
+(a leaderboard, and the p-sweep experiment); a worker killed mid-run; a driver killed mid-run; and a worker
+that sees another model than the driver."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from harness.engines import LocalEngine, get_engine
 from harness.errors import HarnessError
+from harness.experiments import get_experiment
 from harness.leaderboard import RunConfig, run_leaderboard
 from harness.store import ResultsStore
 
@@ -58,6 +60,27 @@ def test_the_ray_engine_stores_exactly_the_rows_of_the_local_engine(tmp_path, cl
     run_leaderboard(config(tmp_path / "ray"), quiet=True, engine=get_engine("ray", workers=2))
     local, on_ray = stored(tmp_path / "local"), stored(tmp_path / "ray")
     assert len(local[0]) == 2 * 3 * 5 * 2 and local == on_ray         # rows and gallery maps, byte for byte
+
+
+def test_the_p_sweep_on_ray_stores_exactly_the_rows_and_table_of_the_local_engine(tmp_path, cluster):
+    """Another task than the leaderboard's: the sweep's units (a model, a p, a chunk) on two workers."""
+    def sweep(out, engine):
+        settings = config(out, images=3, samples=4, models=[str(DIGITS), str(SHAPES)])
+        csv_path = get_experiment("p-sweep")(settings, quiet=True, engine=engine)[0]
+        with ResultsStore(out / "experiments" / "p-sweep", writable=False) as store:
+            rows = [{k: v for k, v in r.items() if k != "versions"} for r in store.rows()]
+        return sorted(rows, key=lambda r: (r["model"], r["parameters"], r["image"], r["metric"])), csv_path.read_text()
+
+    local, on_ray = sweep(tmp_path / "local", LocalEngine()), sweep(tmp_path / "ray", get_engine("ray", workers=2))
+    assert len(local[0]) == 2 * 11 * 3 * 2 and on_ray == local
+
+
+def test_an_experiment_without_units_refuses_the_ray_engine_before_any_work(tmp_path):
+    result = subprocess.run([*CLI, "experiment", "alignment", "--engine", "ray", "--out", str(tmp_path / "run"),
+                             "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 2 and "the alignment experiment runs in this process; --engine ray applies to " \
+        "p-sweep" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_killed_worker_is_replaced_and_its_unit_retried(tmp_path, cluster):

@@ -1,14 +1,22 @@
-"""What engines share: the registry, a unit of work, its outcome, a run's work, and the engine protocol."""
+"""What engines share: the registry, a unit of work, its outcome, a run's work (with the task each unit runs),
+and the engine protocol."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
 
 from harness.errors import HarnessError
 from harness.registry import Registry
 
 ENGINES = Registry("engine", HarnessError)
+
+
+def evaluate(subject, method, images: np.ndarray, metrics: dict) -> tuple[dict, dict, float]:
+    """The leaderboard's task: :meth:`harness.subject.ModelUnderTest.evaluate` of the unit's images."""
+    return subject.evaluate(method, images, metrics)
 
 
 @dataclass(frozen=True)
@@ -32,11 +40,14 @@ class Outcome:
 @dataclass
 class Work:
     """What a run asks an engine to compute: the models (by name), each model's methods and applicable metric
-    names, and the units, in the order a local run takes them."""
+    names, the units, in the order a local run takes them, and the task each unit runs: ``task(subject, method,
+    images, metrics) -> (values, maps, seconds)`` (a module-level function, so that a worker process can import
+    it), by default the leaderboard's :func:`evaluate`."""
     models: dict
     methods: dict                    # {model: {method name: Method}}
     metrics: dict                    # {model: [metric names]}
     units: list = field(default_factory=list)
+    task: Callable = evaluate
 
 
 class Engine(Protocol):

@@ -12,14 +12,14 @@ from harness.metrics import get_metric
 
 @ENGINES.register("local")
 class LocalEngine:
-    """Evaluates the units in order with the run's own models (each runtime built at its model's first unit)."""
+    """Runs each unit's task in order with the run's own models (each runtime built at its model's first unit)."""
 
     name = "local"
 
     def run(self, work: Work) -> Iterator[Outcome]:
-        """Evaluate each unit of ``work`` in turn; yield its outcome."""
+        """Run the task of each unit of ``work`` in turn; yield its outcome."""
         metrics = {model: {name: get_metric(name) for name in names} for model, names in work.metrics.items()}
         for unit in work.units:
-            values, maps, seconds = work.models[unit.model].evaluate(
-                work.methods[unit.model][unit.method], np.asarray(unit.images), metrics[unit.model])
+            values, maps, seconds = work.task(work.models[unit.model], work.methods[unit.model][unit.method],
+                                              np.asarray(unit.images), metrics[unit.model])
             yield Outcome(unit, values, maps, seconds)

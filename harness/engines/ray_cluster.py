@@ -48,10 +48,11 @@ class ModelWorker:
         self.threads, self.provider = threads, provider
         self.name, self.subject = None, None
 
-    def evaluate(self, name: str, spec: dict, data, references, identity: tuple, method,
+    def evaluate(self, task, name: str, spec: dict, data, references, identity: tuple, method,
                  images: tuple[int, ...], metrics: list[str]):
-        """One unit of the model ``name``: :meth:`harness.subject.ModelUnderTest.evaluate`. A model whose key
-        or image keys differ from the driver's ``identity`` is refused (another file, card or images here)."""
+        """One unit of the model ``name``: the run's ``task`` (by default
+        :meth:`harness.subject.ModelUnderTest.evaluate`). A model whose key or image keys differ from the
+        driver's ``identity`` is refused (another file, card or images here)."""
         if self.name != name:
             self.name, self.subject = None, None      # the previous model's runtime goes before the next one's
             subject = ModelUnderTest(**spec, data=data, references=references, threads=self.threads,
@@ -60,7 +61,7 @@ class ModelWorker:
                 raise HarnessError(f"{name}: a Ray worker reads a different model file, card or images than the "
                                    "driver; every machine needs the same files at the same paths")
             self.name, self.subject = name, subject
-        return self.subject.evaluate(method, np.asarray(images), {m: get_metric(m) for m in metrics})
+        return task(self.subject, method, np.asarray(images), {m: get_metric(m) for m in metrics})
 
 
 def _result(reference):
@@ -153,6 +154,7 @@ class RayEngine:
     def _submit(worker, queue: deque, pending: dict, work: Work, models: dict) -> None:
         if queue:
             unit = queue.popleft()
-            reference = worker.evaluate.remote(unit.model, *models[unit.model], work.methods[unit.model][unit.method],
-                                               unit.images, work.metrics[unit.model])
+            reference = worker.evaluate.remote(work.task, unit.model, *models[unit.model],
+                                               work.methods[unit.model][unit.method], unit.images,
+                                               work.metrics[unit.model])
             pending[reference] = (unit, worker)

@@ -18,11 +18,15 @@ from harness.onnx_io import write_atomically
 from harness.registry import Registry
 
 EXPERIMENTS = Registry("experiment", sorted_names=True)
+ON_ENGINES: set[str] = set()        # experiments whose units of work run on any engine (their run takes ``engine``)
 TITLE_CHARACTERS_PER_INCH = 12      # of a 10-point figure title
 
 
-def register(name: str):
-    """Decorator: add an experiment's ``run(config, quiet)`` to ``EXPERIMENTS`` under ``name``."""
+def register(name: str, engines: bool = False):
+    """Decorator: add an experiment's ``run(config, quiet)`` to ``EXPERIMENTS`` under ``name``; with
+    ``engines``, its run also takes ``engine=`` (:mod:`harness.engines`) and its units may run on a cluster."""
+    if engines:
+        ON_ENGINES.add(name)
     return EXPERIMENTS.register(name)
 
 
@@ -30,6 +34,13 @@ def get_experiment(name: str) -> Callable:
     """The experiment ``name``'s run function; a HarnessError naming the known ones otherwise."""
     _load_all()
     return EXPERIMENTS.lookup(name)
+
+
+def runs_on_engines(name: str) -> bool:
+    """Whether the experiment ``name`` takes an engine (the others run in this process: forward passes or one
+    pair of models, seconds of work)."""
+    _load_all()
+    return name in ON_ENGINES
 
 
 def experiment_names() -> list[str]:

@@ -5,18 +5,21 @@ is recorded per image, together with the network activation the samples leave: t
 norm sqrt(Σ_pixels E_x̂ (∇f)²), from the ``square-mean`` aggregator over the same samples. The paper reports
 both maximised for p in [0.6, 0.8].
 
-The sweep's suppression is the leaderboard's (its parameters from the run's ``method_parameters``, its samples
-per image from ``config.samples`` where given, else the sampler's own default), with p set: at p = 0.7, with the
-samples the leaderboard's ``suppression`` uses, its MI is that method's MI of the same images, bit for bit. Per-image rows live in a results store of
-their own, ``OUT/experiments/p-sweep`` (the leaderboard's store and report never see them), keyed like the
-leaderboard's by model, method parameters, image and seed: a rerun computes only what is missing, and a killed
-run resumes. The CSV and the figure are views of the rows of the latest run: per model and p, the mean MI and the
-mean RMS gradient norm with 95% bootstrap intervals, the number of images, and the p of the highest mean MI.
+The sweep's suppression is the leaderboard's (its parameters from the run's ``method_parameters``, its samples per
+image from ``config.samples`` where given, else the sampler's own default), with p set: at p = 0.7, with the
+samples the leaderboard's ``suppression`` uses, its MI is that method's MI of the same images, bit for bit.
+Per-image rows live in a results store of their own, ``OUT/experiments/p-sweep`` (the leaderboard's store and report
+never see them), keyed like the leaderboard's by model, method parameters, image and seed: a rerun computes only
+what is missing, and a killed run resumes. Its units of work (a model, a p, a chunk of images) run on any engine,
+the Ray engine included (``harness experiment p-sweep --engine ray``); draws are per image, so the rows do not
+depend on where. The CSV and the figure are views of the rows of the latest run: per model and p, the mean MI and
+the mean RMS gradient norm with 95% bootstrap intervals, the number of images, and the p of the highest mean MI.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 from harness.attribution import get_method
 from harness.attribution.engine import Method, aggregate_samples
 from harness.attribution.methods import describe
+from harness.engines import Engine, LocalEngine, Unit, Work
 from harness.errors import HarnessError
 from harness.experiments import register, save_with_caption, write_csv
 from harness.figures import pyplot
@@ -52,10 +56,11 @@ def sweep_methods(config) -> dict[float, Method]:
     return {p: get_method(METHOD, **{**base, "p": p}) for p in P_VALUES}
 
 
-@register("p-sweep")
-def run(config, quiet: bool = False) -> list[Path]:
+@register("p-sweep", engines=True)
+def run(config, quiet: bool = False, engine: Engine | None = None) -> list[Path]:
     """Figure 4b: suppression's MI and the RMS gradient norm of its samples for p from 0 to 1, per model and
-    image into the sweep's results store (only what is missing), then the CSV, the figure and its caption."""
+    image into the sweep's results store (only what is missing, computed by ``engine``: default this process),
+    then the CSV, the figure and its caption."""
     out = Path(config.out) / "experiments"
     names = model_names(config.models)
     config.check_model_names(names)
@@ -63,8 +68,7 @@ def run(config, quiet: bool = False) -> list[Path]:
     parameters = {name: {p: canonical(describe(m)) for p, m in per_p.items()} for name, per_p in methods.items()}
     models = [ModelUnderTest.from_config(path, config, name) for path, name in zip(config.models, names)]
     with ResultsStore(out / STORE_DIR) as store:     # a second run on the same OUT is refused here
-        for model in models:
-            _measure_missing(store, model, methods[model.name], parameters[model.name], config, quiet)
+        _measure_missing(store, models, methods, parameters, config, engine or LocalEngine(), quiet)
         _record_run(store, models, parameters, config.seed)
         rows = selected_rows(store)[0]
     table = summarise(rows, names, {name: {v: p for p, v in per_p.items()} for name, per_p in parameters.items()},
@@ -86,23 +90,38 @@ def measure(model: ModelUnderTest, method: Method, chunk: np.ndarray, seed: int)
             for i, m, g in zip(chunk, information, norms)}
 
 
-def _measure_missing(store: ResultsStore, model: ModelUnderTest, methods: dict, parameters: dict, config,
+def sweep_unit(model: ModelUnderTest, method: Method, chunk: np.ndarray, metrics: dict) -> tuple[dict, dict, float]:
+    """The sweep's task for an engine (:class:`harness.engines.Work`): :func:`measure` of one (p, chunk) unit,
+    with the model's own seed; no gallery maps."""
+    started = time.perf_counter()
+    values = measure(model, method, chunk, model.seed)
+    return values, {}, time.perf_counter() - started
+
+
+def _measure_missing(store: ResultsStore, models: list, methods: dict, parameters: dict, config, engine: Engine,
                      quiet: bool) -> None:
-    """Store the rows of every (p, image) of ``model`` that the store lacks, one transaction per chunk of
-    images; the model's runtime is built only when something is missing."""
-    todo = {}
-    for p in P_VALUES:
-        done = store.done(model.key, METHOD, parameters[p], config.seed, [MI, NORM])
-        todo[p] = [i for i, key in enumerate(model.image_keys) if key not in done]
-    with tqdm(total=sum(map(len, todo.values())), desc=f"p-sweep {model.name}", disable=quiet,
+    """Store the rows of every (model, p, image) that the store lacks, one transaction per unit (a model, a p
+    and a chunk of images) as ``engine`` finishes it; a model's runtime is built only when something of it is
+    missing. Units are named by their p (``p=0.7``)."""
+    work = Work({model.name: model for model in models},
+                {name: {f"p={p}": method for p, method in per_p.items()} for name, per_p in methods.items()},
+                {model.name: [] for model in models}, task=sweep_unit)
+    for model in models:
+        for p in P_VALUES:
+            done = store.done(model.key, METHOD, parameters[model.name][p], config.seed, [MI, NORM])
+            todo = [i for i, key in enumerate(model.image_keys) if key not in done]
+            work.units += [Unit(model.name, f"p={p}", tuple(todo[start:start + config.chunk]))
+                           for start in range(0, len(todo), config.chunk)]
+    by_name = {model.name: model for model in models}
+    p_of = {f"p={p}": p for p in P_VALUES}
+    with tqdm(total=sum(len(unit.images) for unit in work.units), desc="p-sweep", disable=quiet,
               unit="image") as bar:
-        for p, indices in todo.items():
-            for start in range(0, len(indices), config.chunk):
-                chunk = np.asarray(indices[start:start + config.chunk])
-                values = measure(model, methods[p], chunk, config.seed)
-                with store.transaction():
-                    store.add_results(model.name, model.key, METHOD, parameters[p], config.seed, values)
-                bar.update(len(chunk))
+        for outcome in (engine.run(work) if work.units else ()):
+            model = by_name[outcome.unit.model]
+            with store.transaction():
+                store.add_results(model.name, model.key, METHOD, parameters[model.name][p_of[outcome.unit.method]],
+                                  config.seed, outcome.values)
+            bar.update(len(outcome.unit.images))
 
 
 def _record_run(store: ResultsStore, models: list, parameters: dict, seed: int) -> None:
@@ -178,7 +197,8 @@ def _figure(table: list[dict], path: Path) -> list[Path]:
     sizes = "; ".join(dict.fromkeys(f"{r['model']}: {r['images']} images at {r['samples']} samples" for r in table))
     title = f"Feature suppression sweep (paper Fig. 4b): MI arg-max: {_argmax_text(table)}"
     caption = (f"Left: the mean mutual information between image and suppression explanation E|∇f| against the "
-               f"share p of pixels dropped, per model, with 95% bootstrap intervals ({sizes}), starred at its arg-max ({_argmax_text(table)}); right: the RMS gradient "
+               f"share p of pixels dropped, per model, with 95% bootstrap intervals ({sizes}), starred at its "
+               f"arg-max ({_argmax_text(table)}); right: the RMS gradient "
                "norm of the same samples over its largest mean. The paper (Figure 4b, a ResNet50 on ImageNet) "
                "reports both the MI and the network activation maximised for p in [0.6, 0.8], shaded here.")
     return save_with_caption(figure, path, title, caption)
