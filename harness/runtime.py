@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol, runtime_checkable
@@ -27,7 +28,7 @@ from harness.gradients.freeze import CHANGES, REFERENCE_SUFFIX
 from harness.gradients.prepare import PreparedModel, prepare
 from harness.onnx_io import load_model, runnable
 from harness.sessions import (CPU, CUDA, choose_providers, cuda_driver_present, inference_session, run_bound,
-                               session_device, unsound_optimizers, use_io_binding)
+                               session_device, stream_plan, unsound_optimizers, use_io_binding)
 
 log = logging.getLogger("harness")
 
@@ -87,12 +88,15 @@ class GradientRuntime:
     gradients on the way out. ``binding`` runs each batch through an IOBinding (inputs placed on the session's
     device once, outputs copied back once); None chooses it when the session runs on CUDA, and
     $HARNESS_IO_BINDING=0|1 overrides that choice. Both ways give the same arrays and the same batches.
+    ``streams`` sessions of each model run the pieces of a batch side by side, each with its share of
+    ``threads`` (:func:`harness.sessions.stream_plan`: 2 on CPU by default, 1 on CUDA); at most ``max_batch``
+    rows are in flight whatever the count, and a row's numbers do not depend on it.
     """
 
     def __init__(self, model: onnx.ModelProto | str | Path, output: str | None = None, taps: Iterable[str] = (),
                  max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None, provider: str | None = None,
                  use_cache: bool = True, layout: str = "NCHW", exposed: Iterable[str] = (), input: str | None = None,
-                 image_size: tuple | None = None, binding: bool | None = None):
+                 image_size: tuple | None = None, binding: bool | None = None, streams: int | None = None):
         if max_batch < 1:
             raise HarnessError(f"the batch size must be at least 1 (got {max_batch})")
         source = load_model(model) if isinstance(model, (str, Path)) else model
@@ -102,19 +106,23 @@ class GradientRuntime:
         self.max_batch = max_batch
         self.taps = tuple(dict.fromkeys(taps))
         self._options = {"max_batch": max_batch, "threads": threads, "provider": provider, "use_cache": use_cache,
-                         "layout": layout, "input": input, "image_size": image_size, "binding": binding}
+                         "layout": layout, "input": input, "image_size": image_size, "binding": binding,
+                         "streams": streams}
         self._image_shape = self.adapter.model_shape(image_size)
         grad_model = cached_gradient_model(source, output, self.taps, use_cache, input, self._image_shape,
                                            validate=self._signature)
+        providers = choose_providers(provider)
+        self.streams, stream_threads = stream_plan(providers, threads, streams)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
+        if stream_threads:
+            options.intra_op_num_threads = stream_threads
             options.inter_op_num_threads = 1
-        providers = choose_providers(provider)
         self._session_options, self._providers = options, providers
-        self.session = inference_session(grad_model, options, providers)
+        self._side_sessions: dict[int, list] = {}     # id(session) -> the sessions of the other streams
+        self._pool = ThreadPoolExecutor(self.streams - 1) if self.streams > 1 else None
+        self.session = self.session_for(grad_model)
         self.provider = self.session.get_providers()[0]
         self.binding = use_io_binding(self.session.get_providers(), binding)
         self._device = session_device(self.session)
@@ -123,8 +131,7 @@ class GradientRuntime:
         # session of their own on the source model (measured: the gradient graph's logits alone cost a
         # full gradient call).
         self.exposed = tuple(dict.fromkeys(exposed))
-        self.forward_session = inference_session(forward_model(source, [self.signature.output_name, *self.exposed]),
-                                                 options, providers)
+        self.forward_session = self.session_for(forward_model(source, [self.signature.output_name, *self.exposed]))
         if self.provider not in _announced:
             log.info("onnxruntime %s: running on %s", ort.__version__, self.provider)
             _announced.add(self.provider)
@@ -146,8 +153,12 @@ class GradientRuntime:
         return prepare(self.source, input=self.signature.input_name, image_shape=self._image_shape)
 
     def session_for(self, model: onnx.ModelProto):
-        """An ONNX Runtime session for a model derived from this one, with this runtime's options."""
-        return inference_session(model, self._session_options, self._providers)
+        """An ONNX Runtime session for a model derived from this one, with this runtime's options (and, with
+        several streams, its twins: the batches this runtime runs on it are split among them)."""
+        sessions = [inference_session(model, self._session_options, self._providers) for _ in range(self.streams)]
+        if len(sessions) > 1:
+            self._side_sessions[id(sessions[0])] = sessions[1:]
+        return sessions[0]
 
     # -- building -------------------------------------------------------------------------------------
     @staticmethod
@@ -227,22 +238,38 @@ class GradientRuntime:
         return weights.reshape(rows, *(d or 1 for d in self.signature.class_shape))
 
     def _batched(self, names: list[str], feeds: dict[str, np.ndarray], session) -> list[np.ndarray]:
-        """Run ``names`` on ``session`` over the row-aligned ``feeds`` in chunks of ``max_batch``; a model
-        with a static batch size gets exactly that many rows per call (the last chunk padded with zeros and
-        the padding dropped)."""
+        """Run ``names`` on ``session`` over the row-aligned ``feeds`` in pieces; a model with a static batch
+        size gets exactly that many rows per call (the last piece padded with zeros and the padding dropped).
+
+        With one stream a piece is ``max_batch`` rows. With S streams it is max_batch / S rows (rounded up),
+        and the pieces are dealt out round-robin to the session and its S - 1 twins, which run side by side:
+        at most ``max_batch`` rows are in flight either way, so memory stays bounded by the batch size.
+        """
         total = len(next(iter(feeds.values())))
         static_batch = self.signature.input_shape[0]
-        chunk = static_batch if isinstance(static_batch, int) and static_batch > 0 else self.max_batch
-        parts = [[] for _ in names]
-        for start in range(0, total, chunk):
-            part = {name: value[start:start + chunk] for name, value in feeds.items()}
-            rows = min(chunk, total - start)
-            if rows < chunk and chunk == static_batch:
-                part = {name: np.concatenate([value, np.zeros((chunk - rows, *value.shape[1:]), value.dtype)])
+        static = isinstance(static_batch, int) and static_batch > 0
+        sessions = [session, *self._side_sessions.get(id(session), [])]
+        size = static_batch if static else -(-min(self.max_batch, total) // len(sessions))
+        starts = list(range(0, total, size))
+
+        def run_piece(start: int, on) -> list[np.ndarray]:
+            part = {name: value[start:start + size] for name, value in feeds.items()}
+            rows = min(size, total - start)
+            if rows < size and static:
+                part = {name: np.concatenate([value, np.zeros((size - rows, *value.shape[1:]), value.dtype)])
                         for name, value in part.items()}
-            for bucket, value in zip(parts, self._run(session, names, part)):
-                bucket.append(value[:rows])
-        return [np.concatenate(p) for p in parts]
+            return [value[:rows] for value in self._run(on, names, part)]
+
+        def run_stream(k: int) -> list[list[np.ndarray]]:
+            return [run_piece(start, sessions[k]) for start in starts[k::len(sessions)]]
+
+        if len(sessions) == 1 or len(starts) == 1:
+            pieces = run_stream(0) if len(sessions) == 1 else [run_piece(starts[0], session)]
+        else:
+            others = [self._pool.submit(run_stream, k) for k in range(1, min(len(sessions), len(starts)))]
+            by_stream = [run_stream(0), *(future.result() for future in others)]
+            pieces = [by_stream[i % len(sessions)][i // len(sessions)] for i in range(len(starts))]
+        return [np.concatenate([piece[j] for piece in pieces]) for j in range(len(names))]
 
     def _run(self, session, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One call of ``session``: through an IOBinding on the session's device, or plainly."""

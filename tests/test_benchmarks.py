@@ -61,3 +61,9 @@ def test_versus_pair_reports_a_ratio():
     out = run_script("versus_pair.py", "--arch", "resnet18", "--size", "32", "--images", "1", "--steps", "3",
                      "--rounds", "1")
     assert re.search(r"PAIR / harness \d+\.\d\d", out), out
+
+
+def test_streams_reports_a_ratio_and_identical_arrays():
+    out = run_script("streams.py", "--model", str(ROOT / "exported_models" / "digits_cnn.onnx"), "--rows", "4",
+                     "--rounds", "1")
+    assert re.search(r"1 session / 2 streams = \d+\.\d\dx \(rounds: .*identical arrays: True", out), out

@@ -45,15 +45,19 @@ def images():
     return rng.standard_normal((10, 1, 32, 32)).astype(np.float32), rng.standard_normal((10, 10)).astype(np.float32)
 
 
-def count_runs(runtime: GradientRuntime, monkeypatch) -> list[int]:
-    """Wrap both sessions' run (gradient and forward) so that each call records its batch size."""
+def count_runs(runtime: GradientRuntime, monkeypatch, streams: dict | None = None) -> list[int]:
+    """Wrap every session's run (gradient and forward, each stream's) so that each call records its batch size,
+    and in ``streams`` {stream: [sizes]} which stream ran it."""
     sizes: list[int] = []
-    for session in (runtime.session, runtime.forward_session):
-        def counting_run(names, feeds, *args, _real_run=session.run, **kwargs):
-            sizes.append(len(feeds[runtime.signature.input_name]))
-            return _real_run(names, feeds, *args, **kwargs)
+    for primary in (runtime.session, runtime.forward_session):
+        for stream, session in enumerate([primary, *runtime._side_sessions.get(id(primary), [])]):
+            def counting_run(names, feeds, *args, _real_run=session.run, _stream=stream, **kwargs):
+                sizes.append(len(feeds[runtime.signature.input_name]))
+                if streams is not None:
+                    streams.setdefault(_stream, []).append(sizes[-1])
+                return _real_run(names, feeds, *args, **kwargs)
 
-        monkeypatch.setattr(session, "run", counting_run)
+            monkeypatch.setattr(session, "run", counting_run)
     return sizes
 
 
@@ -96,7 +100,7 @@ def test_results_do_not_depend_on_max_batch(runtimes, images):
 @pytest.mark.parametrize("max_batch, expected", [(3, [3, 3, 3, 1]), (4, [4, 4, 2]), (10, [10]), (64, [10])])
 def test_batching_really_chunks(max_batch, expected, images, monkeypatch):
     x, seed = images
-    runtime = GradientRuntime(DIGITS, max_batch=max_batch, use_cache=False)
+    runtime = GradientRuntime(DIGITS, max_batch=max_batch, use_cache=False, streams=1)
     sizes = count_runs(runtime, monkeypatch)
     runtime.forward(x)
     assert sizes == expected
@@ -106,6 +110,43 @@ def test_batching_really_chunks(max_batch, expected, images, monkeypatch):
     sizes.clear()
     runtime.class_gradients(x, np.zeros(10, np.int64))
     assert sizes == expected
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "shapes_resnet", "shapes_vit", "efficientnet_lite0"])
+def test_two_streams_give_the_numbers_of_one_bit_for_bit(name, monkeypatch):
+    """Two sessions side by side, each with one thread, against one session with two: pieces of
+    ceil(max_batch / 2) rows dealt out in turn, at most max_batch rows in flight, the same bits per row."""
+    path = DIGITS.parent / f"{name}.onnx"
+    proto = load_model(path)
+    card = read_card(proto, path)
+    one, two = (GradientRuntime.from_card(proto, card, max_batch=5, threads=2, streams=s, provider="cpu")
+                for s in (1, 2))
+    assert (one.streams, two.streams) == (1, 2)
+    pixels = np.random.default_rng(3).random((11, *card.input_size), dtype=np.float32)
+    x = card.to_model(pixels)
+    weights = np.random.default_rng(4).standard_normal((11, one.signature.num_classes)).astype(np.float32)
+    by_stream: dict = {}
+    sizes = count_runs(two, monkeypatch, by_stream)
+    np.testing.assert_array_equal(two.forward(x), one.forward(x))
+    assert by_stream == {0: [3, 3], 1: [3, 2]}             # pieces of ceil(5 / 2) rows, in turn
+    logits, grads = two.gradients(x, weights)
+    want_logits, want_grads = one.gradients(x, weights)
+    np.testing.assert_array_equal(logits, want_logits)
+    np.testing.assert_array_equal(grads, want_grads)
+    assert len(sizes) == 8
+
+
+def test_streams_are_one_where_one_thread_is_given_and_can_be_set(monkeypatch):
+    assert GradientRuntime(DIGITS, use_cache=False, threads=1).streams == 1
+    assert GradientRuntime(DIGITS, use_cache=False, threads=2).streams == 2
+    monkeypatch.setenv("HARNESS_STREAMS", "1")
+    assert GradientRuntime(DIGITS, use_cache=False, threads=2).streams == 1
+    monkeypatch.setenv("HARNESS_STREAMS", "two")
+    with pytest.raises(HarnessError, match="HARNESS_STREAMS='two' is not understood"):
+        GradientRuntime(DIGITS, use_cache=False)
+    monkeypatch.delenv("HARNESS_STREAMS")
+    with pytest.raises(HarnessError, match="at least 1"):
+        GradientRuntime(DIGITS, use_cache=False, streams=0)
 
 
 def test_taps_come_back_batched(images):
@@ -360,7 +401,7 @@ def bound_and_plain(name: str, rows: int, **options):
     path = DIGITS.parent / f"{name}.onnx"
     proto = load_model(path)
     card = read_card(proto, path)
-    options = {"provider": "cpu", **options}       # the CPU provider even where CUDA is present
+    options = {"provider": "cpu", "streams": 1, **options}    # the CPU provider even where CUDA is present
     bound, plain = (GradientRuntime.from_card(proto, card, binding=b, **options) for b in (True, False))
     pixels = np.random.default_rng(5).random((rows, *card.input_size), dtype=np.float32)
     return bound, plain, card.to_model(pixels)
