@@ -13,7 +13,8 @@ runs its gradient graph under ONNX Runtime, Captum 0.9 runs the torch module, bo
   gradients per image.
 
 Each round times every pair back to back, in alternating order; the table gives medians of the rounds and the
-spread of the per-round ratio. Needs torch and captum (the ``bench`` extra).
+spread of the per-round ratio, and the last line the harness's SmoothGrad over its suppression per round (the
+same number of gradient rows, so the same runtime work). Needs torch and captum (the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--without-captum", action="store_true",
+                        help="time the harness's methods alone, alternating (no torch calls between them)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -95,19 +98,26 @@ def main() -> None:
     times = {name: {"harness": [], "captum": []} for name in ours}
     for r in range(args.rounds):
         for name in ours:
-            order = [("harness", ours[name]), ("captum", theirs[name])]
+            order = [("harness", ours[name])] + ([] if args.without_captum else [("captum", theirs[name])])
             for label, call in (order if r % 2 == 0 else order[::-1]):
                 started = time.perf_counter()
                 call()
                 times[name][label].append((time.perf_counter() - started) / args.images)
     print(f"{args.arch} {args.size}x{args.size}, {args.images} images, {args.samples} samples or steps, "
           f"{args.batch} rows per call, {args.threads} threads, {args.rounds} rounds")
-    print(f"{'method':12} {'harness s/img':>14} {'captum s/img':>13} {'captum / harness':>17}  (rounds)")
+    print(f"{'method':12} {'harness s/img':>14}" + ("" if args.without_captum else
+                                                      f" {'captum s/img':>13} {'captum / harness':>17}  (rounds)"))
     for name, measured in times.items():
+        if args.without_captum:
+            print(f"{name:12} {statistics.median(measured['harness']):14.2f}")
+            continue
         ratios = [c / h for h, c in zip(measured["harness"], measured["captum"])]
         ours_median, theirs_median = statistics.median(measured["harness"]), statistics.median(measured["captum"])
         print(f"{name:12} {ours_median:14.2f} {theirs_median:13.2f} {statistics.median(ratios):17.2f}  "
               f"({min(ratios):.2f} to {max(ratios):.2f})")
+    same_work = [s / m for s, m in zip(times["smoothgrad"]["harness"], times["suppression"]["harness"])]
+    print(f"harness smoothgrad / suppression (the same runtime work): {statistics.median(same_work):.2f} "
+          f"({min(same_work):.2f} to {max(same_work):.2f})")
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ class GradientRuntime:
         static_batch = self.signature.input_shape[0]
         static = isinstance(static_batch, int) and static_batch > 0
         sessions = [session, *self._side_sessions.get(id(session), [])]
-        size = static_batch if static else -(-min(self.max_batch, total) // len(sessions))
+        size = static_batch if static else max(1, -(-min(self.max_batch, total) // len(sessions)))
         starts = list(range(0, total, size))
 
         def run_piece(start: int, on) -> list[np.ndarray]:

