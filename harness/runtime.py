@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol, runtime_checkable
@@ -90,7 +91,8 @@ class GradientRuntime:
     $HARNESS_IO_BINDING=0|1 overrides that choice. Both ways give the same arrays and the same batches.
     ``streams`` sessions of each model run the pieces of a batch side by side, each with its share of
     ``threads`` (:func:`harness.sessions.stream_plan`: 2 on CPU by default, 1 on CUDA); at most ``max_batch``
-    rows are in flight whatever the count, and a row's numbers do not depend on it.
+    rows are in flight whatever the count (a model with a static batch size B: B rows per stream, as many
+    streams as max_batch holds, at least one), and a row's numbers do not depend on it.
     """
 
     def __init__(self, model: onnx.ModelProto | str | Path, output: str | None = None, taps: Iterable[str] = (),
@@ -112,7 +114,7 @@ class GradientRuntime:
         grad_model = cached_gradient_model(source, output, self.taps, use_cache, input, self._image_shape,
                                            validate=self._signature)
         providers = choose_providers(provider)
-        self.streams, stream_threads = stream_plan(providers, threads, streams)
+        self.streams, stream_threads = stream_plan(providers, threads, streams, max_batch)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
@@ -120,7 +122,7 @@ class GradientRuntime:
             options.intra_op_num_threads = stream_threads
             options.inter_op_num_threads = 1
         self._session_options, self._providers = options, providers
-        self._side_sessions: dict[int, list] = {}     # id(session) -> the sessions of the other streams
+        self._twins = weakref.WeakKeyDictionary()     # a session -> the sessions of the other streams
         self._pool = ThreadPoolExecutor(self.streams - 1) if self.streams > 1 else None
         self.session = self.session_for(grad_model)
         self.provider = self.session.get_providers()[0]
@@ -157,7 +159,7 @@ class GradientRuntime:
         several streams, its twins: the batches this runtime runs on it are split among them)."""
         sessions = [inference_session(model, self._session_options, self._providers) for _ in range(self.streams)]
         if len(sessions) > 1:
-            self._side_sessions[id(sessions[0])] = sessions[1:]
+            self._twins[sessions[0]] = sessions[1:]
         return sessions[0]
 
     # -- building -------------------------------------------------------------------------------------
@@ -241,15 +243,20 @@ class GradientRuntime:
         """Run ``names`` on ``session`` over the row-aligned ``feeds`` in pieces; a model with a static batch
         size gets exactly that many rows per call (the last piece padded with zeros and the padding dropped).
 
-        With one stream a piece is ``max_batch`` rows. With S streams it is max_batch / S rows (rounded up),
-        and the pieces are dealt out round-robin to the session and its S - 1 twins, which run side by side:
-        at most ``max_batch`` rows are in flight either way, so memory stays bounded by the batch size.
+        With one stream a piece is ``max_batch`` rows. With S streams it is max_batch // S rows (fewer when
+        the batch is smaller, so that it is still split), and the pieces are dealt out in turn to the session
+        and its S - 1 twins, which run side by side: at most ``max_batch`` rows are in flight either way. A
+        static batch of B rows runs on as many streams as max_batch holds (at least one).
         """
         total = len(next(iter(feeds.values())))
         static_batch = self.signature.input_shape[0]
         static = isinstance(static_batch, int) and static_batch > 0
-        sessions = [session, *self._side_sessions.get(id(session), [])]
-        size = static_batch if static else max(1, -(-min(self.max_batch, total) // len(sessions)))
+        sessions = [session, *self._twins.get(session, [])]
+        if static:
+            sessions = sessions[:max(1, self.max_batch // static_batch)]
+            size = static_batch
+        else:
+            size = max(1, min(self.max_batch // len(sessions), -(-total // len(sessions))))
         starts = list(range(0, total, size))
 
         def run_piece(start: int, on) -> list[np.ndarray]:
@@ -267,7 +274,11 @@ class GradientRuntime:
             pieces = run_stream(0) if len(sessions) == 1 else [run_piece(starts[0], session)]
         else:
             others = [self._pool.submit(run_stream, k) for k in range(1, min(len(sessions), len(starts)))]
-            by_stream = [run_stream(0), *(future.result() for future in others)]
+            try:
+                first = run_stream(0)
+            finally:
+                wait(others)            # no stream is left running on the sessions, whatever failed
+            by_stream = [first, *(future.result() for future in others)]
             pieces = [by_stream[i % len(sessions)][i // len(sessions)] for i in range(len(starts))]
         return [np.concatenate([piece[j] for piece in pieces]) for j in range(len(names))]
 

@@ -67,17 +67,32 @@ def use_io_binding(providers: list[str], requested: bool | None = None) -> bool:
     return setting == "1" if setting else bool(providers) and providers[0] == CUDA
 
 
-def stream_plan(providers: list[str], threads: int | None, requested: int | None = None) -> tuple[int, int | None]:
+def cpu_budget() -> int:
+    """The cores this process may use: $HARNESS_CPUS where set (a Ray worker sets its share of the node), else
+    the cores of its affinity mask, or the machine's where the platform has no such mask."""
+    setting = os.environ.get("HARNESS_CPUS", "").strip()
+    if setting:
+        if not setting.isdigit() or int(setting) < 1:
+            raise HarnessError(f"HARNESS_CPUS={setting!r} is not understood; set it to a positive whole number, or "
+                               "leave it unset")
+        return int(setting)
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
+
+
+def stream_plan(providers: list[str], threads: int | None, requested: int | None = None,
+                max_batch: int | None = None) -> tuple[int, int | None]:
     """How many sessions of one model run the pieces of a batch side by side, and each one's intra-op threads.
 
     On the CPU provider, two single-threaded sessions on two cores compute a batch faster than one session
     with two threads: the ops that run on one thread (ConvTranspose's column scatter, MaxPool with indices,
-    layout reorders) then still keep both cores busy. Measured on 2 cores, 32 rows, ResNet-50 / EfficientNet-B0
-    / MobileNetV2 gradients: 1.1x to 1.4x the rows per second (``benchmarks/streams.py``). Each row's result
-    does not depend on which session computes it nor on the batch it is in. So on CPU: 2 streams where at
-    least two threads are available (``threads``, else the cores this process may use), each with half of
-    them; on CUDA 1. ``requested`` or $HARNESS_STREAMS overrides the count (1 turns streams off).
-    Returns (streams, threads per stream; None leaves ONNX Runtime's default)."""
+    layout reorders) then still keep both cores busy. Measured on 2 cores, 32 rows, ResNet-50 gradients: 1.22x
+    the rows per second (``benchmarks/streams.py``). Each row's result does not depend on which session computes
+    it nor on the batch it is in. So on CPU: 2 streams where at least two threads are available (``threads``,
+    else :func:`cpu_budget`), each with its share of them; on CUDA 1; never more than ``max_batch`` (each
+    stream takes at least one row of a batch). ``requested`` or $HARNESS_STREAMS overrides the count (1 turns
+    streams off). Each stream is a whole session: the model's weights and its memory arena are held once per
+    stream. Returns (streams, threads per stream; None leaves ONNX Runtime's default)."""
     setting = os.environ.get("HARNESS_STREAMS", "").strip()
     if requested is None and setting:
         if not setting.isdigit() or int(setting) < 1:
@@ -86,9 +101,9 @@ def stream_plan(providers: list[str], threads: int | None, requested: int | None
         requested = int(setting)
     if requested is not None and requested < 1:
         raise HarnessError(f"the number of streams must be at least 1 (got {requested})")
-    available = threads or len(os.sched_getaffinity(0))
+    available = threads or cpu_budget()
     streams = requested if requested is not None else (1 if providers and providers[0] == CUDA else 2)
-    streams = max(1, min(streams, available))
+    streams = max(1, min(streams, available, max_batch or streams))
     if streams == 1:
         return 1, threads
     return streams, max(1, available // streams)

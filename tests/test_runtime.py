@@ -50,7 +50,7 @@ def count_runs(runtime: GradientRuntime, monkeypatch, streams: dict | None = Non
     and in ``streams`` {stream: [sizes]} which stream ran it."""
     sizes: list[int] = []
     for primary in (runtime.session, runtime.forward_session):
-        for stream, session in enumerate([primary, *runtime._side_sessions.get(id(primary), [])]):
+        for stream, session in enumerate([primary, *runtime._twins.get(primary, [])]):
             def counting_run(names, feeds, *args, _real_run=session.run, _stream=stream, **kwargs):
                 sizes.append(len(feeds[runtime.signature.input_name]))
                 if streams is not None:
@@ -115,7 +115,7 @@ def test_batching_really_chunks(max_batch, expected, images, monkeypatch):
 @pytest.mark.parametrize("name", ["digits_cnn", "shapes_resnet", "shapes_vit", "efficientnet_lite0"])
 def test_two_streams_give_the_numbers_of_one_bit_for_bit(name, monkeypatch):
     """Two sessions side by side, each with one thread, against one session with two: pieces of
-    ceil(max_batch / 2) rows dealt out in turn, at most max_batch rows in flight, the same bits per row."""
+    max_batch // 2 rows dealt out in turn (at most max_batch rows in flight), the same bits per row."""
     path = DIGITS.parent / f"{name}.onnx"
     proto = load_model(path)
     card = read_card(proto, path)
@@ -128,17 +128,39 @@ def test_two_streams_give_the_numbers_of_one_bit_for_bit(name, monkeypatch):
     by_stream: dict = {}
     sizes = count_runs(two, monkeypatch, by_stream)
     np.testing.assert_array_equal(two.forward(x), one.forward(x))
-    assert by_stream == {0: [3, 3], 1: [3, 2]}             # pieces of ceil(5 / 2) rows, in turn
+    assert by_stream == {0: [2, 2, 2], 1: [2, 2, 1]}       # pieces of 5 // 2 rows, in turn
     logits, grads = two.gradients(x, weights)
     want_logits, want_grads = one.gradients(x, weights)
     np.testing.assert_array_equal(logits, want_logits)
     np.testing.assert_array_equal(grads, want_grads)
-    assert len(sizes) == 8
+    assert len(sizes) == 12
 
 
-def test_streams_are_one_where_one_thread_is_given_and_can_be_set(monkeypatch):
+def test_two_streams_through_io_binding_and_on_a_static_batch_give_the_same_bits(tmp_path, images, monkeypatch):
+    x, weights = images
+    bound, plain, _ = bound_and_plain("digits_cnn", 1, max_batch=4, streams=2, threads=2)
+    assert bound.binding and bound.streams == 2
+    sizes = count_bound_runs(bound, monkeypatch)
+    np.testing.assert_array_equal(bound.gradients(x, weights)[1], plain.gradients(x, weights)[1])
+    assert sizes == [2] * 5
+    path = static_batch_model(tmp_path / "static.onnx")          # batch fixed to 1: one row per stream
+    one, two = (GradientRuntime(path, use_cache=False, threads=2, streams=s) for s in (1, 2))
+    by_stream: dict = {}
+    count_runs(two, monkeypatch, by_stream)
+    np.testing.assert_array_equal(two.gradients(x[:5], weights[:5])[1], one.gradients(x[:5], weights[:5])[1])
+    assert by_stream == {0: [1, 1, 1], 1: [1, 1]}
+
+
+def test_streams_are_one_where_one_thread_or_one_row_is_given_and_can_be_set(monkeypatch):
     assert GradientRuntime(DIGITS, use_cache=False, threads=1).streams == 1
+    assert GradientRuntime(DIGITS, use_cache=False, threads=2, max_batch=1).streams == 1
     assert GradientRuntime(DIGITS, use_cache=False, threads=2).streams == 2
+    monkeypatch.setenv("HARNESS_CPUS", "1")
+    assert GradientRuntime(DIGITS, use_cache=False).streams == 1
+    monkeypatch.setenv("HARNESS_CPUS", "0")
+    with pytest.raises(HarnessError, match="HARNESS_CPUS='0' is not understood"):
+        GradientRuntime(DIGITS, use_cache=False)
+    monkeypatch.delenv("HARNESS_CPUS")
     monkeypatch.setenv("HARNESS_STREAMS", "1")
     assert GradientRuntime(DIGITS, use_cache=False, threads=2).streams == 1
     monkeypatch.setenv("HARNESS_STREAMS", "two")

@@ -23,6 +23,7 @@ driver alone.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from typing import Iterator
 
@@ -46,6 +47,8 @@ class ModelWorker:
 
     def __init__(self, threads: int | None, provider: str | None):
         self.threads, self.provider = threads, provider
+        if threads:
+            os.environ["HARNESS_CPUS"] = str(threads)     # this process's share: MI's threads, the runtime's streams
         self.name, self.subject = None, None
 
     def evaluate(self, task, name: str, spec: dict, data, references, identity: tuple, method,

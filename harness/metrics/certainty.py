@@ -19,7 +19,6 @@ A constant x or z carries no information: the MI is 0, never NaN.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -30,6 +29,7 @@ from sklearn.feature_selection import mutual_info_regression
 
 from harness.errors import HarnessError
 from harness.metrics import Metric, register
+from harness.sessions import cpu_budget
 
 MI_METRIC = "mi"
 REFERENCE_METHOD = "ig"                              # Figure 5 normalises every method's MI to IG's
@@ -131,7 +131,8 @@ def mutual_information(image: np.ndarray, explanation: np.ndarray, estimator: st
 
 def mutual_information_batch(images: np.ndarray, attributions: np.ndarray, estimator: str = "ksg-rank",
                              absolute: bool = True) -> np.ndarray:
-    """One MI per image, [N], the images spread over one thread per core: each estimate is of its image alone
+    """One MI per image, [N], the images spread over one thread per core this process may use
+    (:func:`harness.sessions.cpu_budget`): each estimate is of its image alone
     (the sorts, searches and k-d tree release the GIL), so the values are those of one thread, bit for bit, in
     about half the time on 2 cores (8 images of 3 x 224 x 224: 1.8 to 2.3 s in one thread, 1.05 to 1.13 s in
     two)."""
@@ -139,7 +140,7 @@ def mutual_information_batch(images: np.ndarray, attributions: np.ndarray, estim
         return mutual_information(pair[0], pair[1], estimator, absolute)
 
     pairs = list(zip(images, attributions))
-    threads = min(len(pairs), len(os.sched_getaffinity(0)))
+    threads = min(len(pairs), cpu_budget())
     if threads < 2:
         return np.array([one(pair) for pair in pairs], np.float64)
     with ThreadPoolExecutor(threads) as pool:
