@@ -5,8 +5,8 @@ and with the Ray engine (a local cluster joined once), interleaved rounds, media
     python benchmarks/ray_overhead.py --model exported_models/shapes_resnet.onnx --images 16 --samples 50
 
 Each round runs both engines into fresh run directories (so every unit is computed), in alternating order,
-with the gradient-model cache warm. The local engine runs its runtime with ONNX Runtime's default threads (all
-cores); the Ray engine runs ``--workers`` workers of ``--cpus`` CPUs each (the runtime's threads). Starting the
+with the gradient-model cache warm. The local engine runs its runtime on all cores (two streams of half the
+threads each, :func:`harness.sessions.stream_plan`); the Ray engine runs ``--workers`` workers of ``--cpus`` CPUs each (the runtime's threads). Starting the
 cluster is timed apart: it is paid once per driver, not per run. Needs the ``ray`` extra.
 """
 

@@ -393,8 +393,8 @@ def experiment(name, config_file, models, dataset, images, seed, out, batch_size
                ray_address, ray_workers, ray_cpus, ray_gpus):
     """Run one of the papers' experiments (p-sweep, ...): its figure and its CSV go into OUT/experiments.
     The p-sweep's units of work run on any engine; the others, forward passes or one pair of models, run here."""
-    run = get_experiment(name)
-    if engine != "local" and not runs_on_engines(name):
+    run, on_engine = get_experiment(name), runs_on_engines(name)
+    if engine != "local" and not on_engine:
         on_engines = [n for n in experiment_names() if runs_on_engines(n)]
         raise HarnessError(f"the {name} experiment runs in this process; --engine {engine} applies to "
                            f"{', '.join(on_engines)}")
@@ -402,7 +402,7 @@ def experiment(name, config_file, models, dataset, images, seed, out, batch_size
     config = RunConfig.load(config_file, models=list(models) or None, dataset=dataset, images=images, seed=seed,
                             out=out, batch_size=batch_size, samples=samples)
     writable_dir(config.out, "--out")
-    written = run(config, quiet=_quiet(quiet), **({"engine": chosen} if runs_on_engines(name) else {}))
+    written = run(config, quiet=_quiet(quiet), **({"engine": chosen} if on_engine else {}))
     click.echo(f"{name}: wrote " + ", ".join(str(p) for p in written))
 
 

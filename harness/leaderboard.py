@@ -14,13 +14,12 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from harness import DEFAULT_SEED
 from harness.attribution import get_method
 from harness.attribution.methods import describe
 from harness.bundled import bundled_models
-from harness.engines import Engine, LocalEngine, Outcome, Unit, Work
+from harness.engines import Engine, LocalEngine, Outcome, Work, missing_units, run_work
 from harness.errors import HarnessError
 from harness.metrics import get_metric, metric_names
 from harness.store import ResultsStore, canonical, seconds_key
@@ -178,15 +177,9 @@ def run_leaderboard(config: RunConfig, quiet: bool = False, engine: Engine | Non
             done = {name: store.done(model.key, name, parameters[name], config.seed, applicable)
                     for name in methods}      # one query per method, not one per image
             for name in methods:
-                todo = [i for i, key in enumerate(model.image_keys) if key not in done[name]]
-                work.units += [Unit(model.name, name, tuple(todo[start:start + config.chunk]))
-                               for start in range(0, len(todo), config.chunk)]
+                work.units += missing_units(model.name, name, model.image_keys, done[name], config.chunk)
         writer = _StoreWriter(store, config, selection, models, {name: plans[name][1] for name in names})
-        with tqdm(total=sum(len(u.images) for u in work.units), desc="leaderboard", disable=quiet,
-                  unit="image") as bar:
-            for outcome in (engine.run(work) if work.units else ()):
-                writer.write(outcome)
-                bar.update(len(outcome.unit.images))
+        run_work(engine, work, writer.write, "leaderboard", quiet)
         if store.exists:                    # nothing was missing: the run still asked for these rows
             writer.record_run()
     return run_dir

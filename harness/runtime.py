@@ -267,19 +267,18 @@ class GradientRuntime:
                         for name, value in part.items()}
             return [value[:rows] for value in self._run(on, names, part)]
 
-        def run_stream(k: int) -> list[list[np.ndarray]]:
-            return [run_piece(start, sessions[k]) for start in starts[k::len(sessions)]]
+        active = sessions[:max(1, min(len(sessions), len(starts)))]    # no stream without a piece
 
-        if len(sessions) == 1 or len(starts) == 1:
-            pieces = run_stream(0) if len(sessions) == 1 else [run_piece(starts[0], session)]
-        else:
-            others = [self._pool.submit(run_stream, k) for k in range(1, min(len(sessions), len(starts)))]
-            try:
-                first = run_stream(0)
-            finally:
-                wait(others)            # no stream is left running on the sessions, whatever failed
-            by_stream = [first, *(future.result() for future in others)]
-            pieces = [by_stream[i % len(sessions)][i // len(sessions)] for i in range(len(starts))]
+        def run_stream(k: int) -> list[list[np.ndarray]]:
+            return [run_piece(start, active[k]) for start in starts[k::len(active)]]
+
+        others = [self._pool.submit(run_stream, k) for k in range(1, len(active))]
+        try:
+            first = run_stream(0)
+        finally:
+            wait(others)            # no stream is left running on the sessions, whatever failed
+        by_stream = [first, *(future.result() for future in others)]
+        pieces = [by_stream[i % len(active)][i // len(active)] for i in range(len(starts))]
         return [np.concatenate([piece[j] for piece in pieces]) for j in range(len(names))]
 
     def _run(self, session, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -18,7 +18,8 @@ from harness.data.photos import PHOTO_NAMES, photo_images
 from harness.data.shapes import generate_shapes
 from harness.registry import Registry
 
-__all__ = ["DATASETS", "SHARED_PREFIX", "DataError", "ImageSet", "Preprocessing", "load_dataset", "match_channels", "normalise"]
+__all__ = ["DATASETS", "SHARED_PREFIX", "DataError", "ImageSet", "Preprocessing", "load_dataset", "match_channels",
+           "normalise"]
 
 DEFAULT_COUNT = 64
 SHARED_PREFIX = {"photos": len(PHOTO_NAMES)}    # leading images that every seed gives (the centre crops)

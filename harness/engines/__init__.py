@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import importlib
 
-from harness.engines.base import ENGINES, Engine, Outcome, Unit, Work
+from harness.engines.base import ENGINES, Engine, Outcome, Unit, Work, missing_units, run_work
 from harness.engines.local import LocalEngine
 from harness.errors import HarnessError
 
-__all__ = ["ENGINES", "Engine", "LocalEngine", "Outcome", "Unit", "Work", "engine_names", "get_engine"]
+__all__ = ["ENGINES", "Engine", "LocalEngine", "Outcome", "Unit", "Work", "engine_names", "get_engine",
+           "missing_units", "run_work"]
 
 OPTIONAL = {"ray": "harness.engines.ray_cluster"}     # engines whose module needs an optional extra
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
 from harness.registry import Registry
@@ -57,3 +58,19 @@ class Engine(Protocol):
 
     def run(self, work: Work) -> Iterator[Outcome]:
         """Compute every unit of ``work``; yield each outcome as it is done (in any order)."""
+
+
+def missing_units(model: str, method: str, image_keys, done, chunk: int) -> list[Unit]:
+    """The units of ``method`` on ``model``'s images whose keys are not in ``done``, ``chunk`` images each, in
+    image order."""
+    todo = [i for i, key in enumerate(image_keys) if key not in done]
+    return [Unit(model, method, tuple(todo[start:start + chunk])) for start in range(0, len(todo), chunk)]
+
+
+def run_work(engine: Engine, work: Work, write: Callable[[Outcome], None], desc: str, quiet: bool) -> None:
+    """Compute ``work``'s units on ``engine`` (not even starting it when there are none) and hand each outcome
+    to ``write`` as it arrives, with a progress bar over the images."""
+    with tqdm(total=sum(len(unit.images) for unit in work.units), desc=desc, disable=quiet, unit="image") as bar:
+        for outcome in (engine.run(work) if work.units else ()):
+            write(outcome)
+            bar.update(len(outcome.unit.images))

@@ -24,12 +24,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from harness.attribution import get_method
 from harness.attribution.engine import Method, aggregate_samples
 from harness.attribution.methods import describe
-from harness.engines import Engine, LocalEngine, Unit, Work
+from harness.engines import Engine, LocalEngine, Outcome, Work, missing_units, run_work
 from harness.errors import HarnessError
 from harness.experiments import register, save_with_caption, write_csv
 from harness.figures import pyplot
@@ -109,19 +108,16 @@ def _measure_missing(store: ResultsStore, models: list, methods: dict, parameter
     for model in models:
         for p in P_VALUES:
             done = store.done(model.key, METHOD, parameters[model.name][p], config.seed, [MI, NORM])
-            todo = [i for i, key in enumerate(model.image_keys) if key not in done]
-            work.units += [Unit(model.name, f"p={p}", tuple(todo[start:start + config.chunk]))
-                           for start in range(0, len(todo), config.chunk)]
-    by_name = {model.name: model for model in models}
+            work.units += missing_units(model.name, f"p={p}", model.image_keys, done, config.chunk)
     p_of = {f"p={p}": p for p in P_VALUES}
-    with tqdm(total=sum(len(unit.images) for unit in work.units), desc="p-sweep", disable=quiet,
-              unit="image") as bar:
-        for outcome in (engine.run(work) if work.units else ()):
-            model = by_name[outcome.unit.model]
-            with store.transaction():
-                store.add_results(model.name, model.key, METHOD, parameters[model.name][p_of[outcome.unit.method]],
-                                  config.seed, outcome.values)
-            bar.update(len(outcome.unit.images))
+
+    def write(outcome: Outcome) -> None:
+        model = work.models[outcome.unit.model]
+        with store.transaction():
+            store.add_results(model.name, model.key, METHOD, parameters[model.name][p_of[outcome.unit.method]],
+                              config.seed, outcome.values)
+
+    run_work(engine, work, write, "p-sweep", quiet)
 
 
 def _record_run(store: ResultsStore, models: list, parameters: dict, seed: int) -> None:
