@@ -268,11 +268,14 @@ def test_a_second_concurrent_run_is_refused_and_the_first_completes(tmp_path):
     config = write_config(tmp_path / "run.toml", out)
     first = subprocess.Popen([*CLI, "leaderboard", "--config", config, "--quiet"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / STORE_NAME).exists():
-        time.sleep(0.05)
-    second = subprocess.run([*CLI, "leaderboard", "--config", config, "--quiet"], env=env, capture_output=True,
-                            text=True)
+    # The second run imports the harness first and starts the moment the first run's store appears, so that a
+    # fast first run cannot finish while the second is still importing.
+    second_run = ("import pathlib, sys, time\nfrom harness.cli import run\n"
+                  f"store = pathlib.Path({str(out / STORE_NAME)!r})\n"
+                  "deadline = time.time() + 120\nwhile time.time() < deadline and not store.exists():\n"
+                  "    time.sleep(0.01)\n"
+                  f"sys.argv = ['harness', 'leaderboard', '--config', {str(config)!r}, '--quiet']\nrun()\n")
+    second = subprocess.run([sys.executable, "-c", second_run], env=env, capture_output=True, text=True)
     assert first.wait(timeout=300) == 0
     assert second.returncode == 2 and f"another harness run (pid {first.pid}" in second.stderr, second.stderr
     assert len(stored_rows(out)) == 3 * 24
