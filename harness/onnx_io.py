@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 import tempfile
 from pathlib import Path
@@ -30,11 +31,82 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     for tensor in _tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.DEFAULT:
             tensor.ClearField("data_location")   # as if stored inline: where weights lay changes no identity
+    moved = sort_topologically(model.graph)
+    if moved:
+        model.metadata_props.add(key=LOADING_KEY, value=f"{moved} node(s) put in topological order (the file lists "
+                                 "them out of order; ONNX Runtime runs them in this order)")
     try:
         onnx.checker.check_model(model)
     except Exception as error:
         raise ModelLoadError(f"{path} is not a valid ONNX model: {first_line(error)}") from None
     return model
+
+
+LOADING_KEY = "harness.loading"   # metadata: what loading changed (sentences, one per line)
+
+
+def sort_topologically(graph: onnx.GraphProto) -> int:
+    """Reorder ``graph``'s nodes, in place, so that every node comes after the producers of what it reads (its
+    subgraphs' outer names included), as ONNX Runtime orders them before it runs a graph; among the nodes that
+    are ready, the file's order is kept. Returns how many nodes changed place (0 for a sorted graph). Nodes that
+    cannot be placed (a cycle, or a tensor that nothing produces) keep their order after the rest, for the
+    checker to name."""
+    produced_by = {o: index for index, node in enumerate(graph.node) for o in node.output if o}
+    waiting_on = []
+    readers: dict[int, list[int]] = {}
+    for index, node in enumerate(graph.node):
+        producers = {produced_by[name] for name in node_inputs(node) if name in produced_by} - {index}
+        waiting_on.append(len(producers))
+        for producer in producers:
+            readers.setdefault(producer, []).append(index)
+    ready = [index for index, count in enumerate(waiting_on) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for reader in readers.get(index, []):
+            waiting_on[reader] -= 1
+            if waiting_on[reader] == 0:
+                heapq.heappush(ready, reader)
+    placed = set(order)
+    order += [index for index in range(len(graph.node)) if index not in placed]
+    moved = sum(index != position for position, index in enumerate(order))
+    if moved:
+        nodes = [graph.node[index] for index in order]
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return moved
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held by a node's attributes (If branches, Loop and Scan bodies)."""
+    graphs = []
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attribute.g)
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attribute.graphs)
+    return graphs
+
+
+def implicit_inputs(node: onnx.NodeProto) -> set[str]:
+    """Names of the enclosing graph that a node's subgraphs read without declaring them as inputs."""
+    names: set[str] = set()
+    for graph in subgraphs(node):
+        defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+        defined |= {o for inner in graph.node for o in inner.output}
+        for inner in graph.node:
+            names |= {i for i in inner.input if i and i not in defined}
+            names |= {i for i in implicit_inputs(inner) if i not in defined}
+        names |= {o.name for o in graph.output if o.name not in defined}
+    return names
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Every tensor a node reads: its inputs, then the outer names its subgraphs use."""
+    explicit = [i for i in node.input if i]
+    return explicit + sorted(implicit_inputs(node) - set(explicit))
 
 
 def _tensors(graph: onnx.GraphProto):

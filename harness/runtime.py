@@ -26,6 +26,7 @@ from harness.feeding import ImageAdapter, feeding_layout
 from harness.gradients import GRAD_SEED, INPUT_GRAD
 from harness.gradients.builder import INPUT_KEY, TARGET_KEY, tensor_value_info
 from harness.gradients.freeze import CHANGES, REFERENCE_SUFFIX
+from harness.gradients.half import float32_edges, is_half_precision
 from harness.gradients.prepare import PreparedModel, prepare
 from harness.onnx_io import load_model, runnable
 from harness.sessions import (CPU, CUDA, choose_providers, cuda_driver_present, inference_session, run_bound,
@@ -39,6 +40,7 @@ __all__ = ["CPU", "CUDA", "DEFAULT_MAX_BATCH", "GradientRuntime", "ModelSignatur
            "unsound_optimizers"]
 
 DEFAULT_MAX_BATCH = 32
+IMAGE_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
 
 _announced: set[str] = set()
@@ -54,6 +56,7 @@ class ModelSignature:
     num_classes: int | None
     taps: tuple = ()
     class_shape: tuple = ()     # the output's dims after the batch: (K,), or e.g. (K, 1, 1)
+    input_type: str = "float32"  # what the image input takes: float32, or float16 (a deployed artifact)
 
 
 @runtime_checkable
@@ -173,8 +176,10 @@ class GradientRuntime:
         image = next((i for i in model.graph.input if i.name == _recorded(model, INPUT_KEY)), None)
         if image is None:
             raise HarnessError("not a gradient model built by harness (its image input is missing)")
-        if image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise HarnessError(f"the image input {image.name!r} is not float32; the runtime feeds float32 images")
+        input_type = IMAGE_TYPES.get(image.type.tensor_type.elem_type)
+        if input_type is None:
+            raise HarnessError(f"the image input {image.name!r} is not float32 or float16; the runtime feeds images "
+                               "of those types")
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in image.type.tensor_type.shape.dim)
         taps = tuple(o.name[: -len("_grad")] for o in model.graph.output
                      if o.name.endswith("_grad") and o.name != INPUT_GRAD)
@@ -190,14 +195,14 @@ class GradientRuntime:
                                "classifier's output is [N, K] (or [N, K, 1, ...]): one axis of classes after the "
                                "batch")
         num_classes = None if None in class_shape else int(np.prod(class_shape))
-        return ModelSignature(image.name, shape, output, num_classes, taps, class_shape)
+        return ModelSignature(image.name, shape, output, num_classes, taps, class_shape, input_type)
 
     # -- running --------------------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits [N, K] of images [N, C, H, W] (computed in chunks of ``max_batch``)."""
         logits = self._batched([self.signature.output_name], {self.signature.input_name: self._image_feed(x)},
                                self.forward_session)[0]
-        return logits.reshape(len(logits), -1)
+        return logits.reshape(len(logits), -1).astype(np.float32, copy=False)
 
     def forward_tensor(self, x: np.ndarray, name: str) -> np.ndarray:
         """Values of the ``exposed`` tensor ``name`` for a batch, batched like :meth:`forward`."""
@@ -220,7 +225,8 @@ class GradientRuntime:
         feeds[GRAD_SEED] = self._weights_feed(weights, len(feeds[self.signature.input_name]))
         arrays = self._batched(names, feeds, self.session)
         taps = {tap: (arrays[2 + 2 * i], arrays[3 + 2 * i]) for i, tap in enumerate(self.taps)}
-        return arrays[0].reshape(len(arrays[0]), -1), self.adapter.from_model(arrays[1]), taps
+        logits = arrays[0].reshape(len(arrays[0]), -1).astype(np.float32, copy=False)
+        return logits, self.adapter.from_model(arrays[1]), taps
 
     def run_frozen(self, session, x0: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Outputs [N, K] and kink changes [N] of a model from :func:`harness.gradients.freeze.frozen_model`
@@ -310,6 +316,11 @@ class GradientRuntime:
                                f"{self.signature.input_name!r} of shape {shown}")
         if not np.isfinite(x).all():
             raise HarnessError("the input contains NaN or infinite values")
+        if self.signature.input_type == "float16":      # the deployed model takes its images rounded so
+            x = x.astype(np.float16)
+            if not np.isfinite(x).all():
+                raise HarnessError(f"the input has values beyond float16's range (±65504), which the model's "
+                                   f"float16 input {self.signature.input_name!r} cannot hold")
         return x
 
 
@@ -319,6 +330,8 @@ def forward_model(source: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProt
     model.CopyFrom(source)
     del model.graph.output[:]
     model.graph.output.extend(tensor_value_info(source, output) for output in outputs)
+    if is_half_precision(model):
+        float32_edges(model)     # fed and read in float32, as the gradient model is
     return runnable(model)
 
 

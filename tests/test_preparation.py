@@ -353,9 +353,12 @@ def test_local_functions_are_inlined():
     assert "local functions inlined" in preparation_notes(add_input_gradient(model))
 
 
-def test_float16_models_are_refused_not_fed_float32():
+def test_a_float16_model_is_fed_float32_and_differentiated_through_its_float32_shadow():
     model = make_model([helper.make_node("Relu", ["x"], ["y"])],
                        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])])
-    with pytest.raises(ModelSignatureError, match="is float16; the harness differentiates float32 models"):
-        add_input_gradient(model)
+    x = np.array([[-1.0, 0.5, 2.0, -0.25]], np.float32)
+    seed = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    np.testing.assert_array_equal(input_gradient(model, x, seed), seed * (x > 0))
+    notes = " ".join(preparation_notes(add_input_gradient(model)))
+    assert "taken and given as float32" in notes and "float32 shadow" in notes

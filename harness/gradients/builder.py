@@ -22,9 +22,10 @@ from harness.gradients.context import (
     UnsupportedConfiguration,
     VJPContext,
 )
-from harness.gradients.graph import STANDARD_DOMAINS, default_opset, node_inputs
+from harness.gradients.graph import STANDARD_DOMAINS, default_opset
 from harness.gradients.prepare import inferred_infos, prepare
-from harness.gradients.registry import NON_DIFFERENTIABLE, VJP_RULES, load_rules
+from harness.gradients.registry import NON_DIFFERENTIABLE, VJP_RULES, load_rules, rule_key
+from harness.onnx_io import node_inputs
 
 GRAD_SEED = "grad_seed"
 INPUT_GRAD = "input_grad"
@@ -62,30 +63,35 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
         if tap not in infos:
             raise ModelSignatureError(f"tap {tap!r} is not a tensor of this model")
 
-    active = _forward_active(graph, {image, *taps}, infos)
-    relevant = _backward_relevant(graph, {target, *taps})
+    # The tensors whose gradients are taken: the artifact's own, or their float32 shadows (prepare.py).
+    differentiated = prepared.differentiated(target)
+    tapped = [prepared.differentiated(tap) for tap in taps]
+    active = _forward_active(graph, {image, *tapped}, infos)
+    relevant = _backward_relevant(graph, {differentiated, *tapped})
     to_differentiate = [node for node in graph.node if any(o in active and o in relevant for o in node.output)]
     _check_supported(to_differentiate)
     image_active = _forward_active(graph, {image}, infos)
-    if target != image and target not in image_active:
-        _refuse_cut_paths(graph, image, target, image_active, relevant)
+    if differentiated != image and differentiated not in image_active:
+        _refuse_cut_paths(graph, image, differentiated, image_active, relevant)
 
     taken = _all_names(graph)
     emitter = GraphEmitter(taken, opset, infos, prepared.constants)
     backward = _Backward(emitter, active, relevant)
-    backward.seed(target, GRAD_SEED)
+    backward.seed(differentiated, GRAD_SEED)
     backward.run(reversed(to_differentiate))
 
-    outputs = [(INPUT_GRAD, backward.final_grad(image), image)]
+    shadow_image = prepared.differentiated(image)
+    outputs = [(INPUT_GRAD, backward.final_grad(shadow_image), shadow_image)]
     existing_outputs = {o.name for o in graph.output}
     for tap in taps:
         if tap not in existing_outputs:
             graph.output.append(_value_info(tap, infos[tap]))
-        outputs.append((f"{tap}_grad", backward.final_grad(tap), tap))
+        shadow_tap = prepared.differentiated(tap)
+        outputs.append((f"{tap}_grad", backward.final_grad(shadow_tap), shadow_tap))
 
     graph.node.extend(emitter.nodes)
     graph.initializer.extend(emitter.initializers)
-    graph.input.append(_value_info(GRAD_SEED, infos[target]))
+    graph.input.append(_value_info(GRAD_SEED, infos[differentiated]))
     for name, grad, like in outputs:
         graph.node.append(helper.make_node("Identity", [grad], [name], name=emitter.fresh(f"out_{name}")))
         graph.output.append(_value_info(name, infos[like]))
@@ -154,10 +160,10 @@ class _Backward:
             active_inputs = [bool(i) and i in self.active for i in node.input]
             ctx = VJPContext(node, self.emit, output_grads, active_inputs, self._add_forward_output)
             try:
-                VJP_RULES[node.op_type](ctx)
+                VJP_RULES[rule_key(node)](ctx)
             except UnsupportedConfiguration as error:
-                failures[node.op_type].append(node.name or node.output[0])
-                reasons[node.op_type] = str(error)
+                failures[rule_key(node)].append(node.name or node.output[0])
+                reasons[rule_key(node)] = str(error)
                 # Let a zero stand in for the missing gradient, so that every failing node is found.
                 ctx.input_grads = {i: self.emit.zeros_like(name) for i, name in enumerate(node.input)
                                    if active_inputs[i]}
@@ -245,10 +251,8 @@ def _refuse_cut_paths(graph: onnx.GraphProto, image: str, target: str, active: s
 def _check_supported(nodes: list[onnx.NodeProto]) -> None:
     missing: dict[str, list[str]] = defaultdict(list)
     for node in nodes:
-        standard = node.domain in STANDARD_DOMAINS
-        if not standard or node.op_type not in VJP_RULES:
-            label = node.op_type if standard else f"{node.domain}::{node.op_type}"
-            missing[label].append(node.name or node.output[0])
+        if rule_key(node) not in VJP_RULES:
+            missing[rule_key(node)].append(node.name or node.output[0])
     if missing:
         raise UnsupportedOpsError(dict(missing), {op: CONTROL_FLOW[op] for op in missing if op in CONTROL_FLOW})
 

@@ -22,10 +22,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.gradients.context import GraphEmitter, TensorInfo
-from harness.gradients.graph import STANDARD_DOMAINS, attribute, default_opset, node_inputs
+from harness.gradients.graph import STANDARD_DOMAINS, attribute, default_opset
 from harness.gradients.prepare import PreparedModel
 from harness.gradients.registry import NON_DIFFERENTIABLE
-from harness.onnx_io import runnable
+from harness.onnx_io import node_inputs, runnable
 from harness.registry import Registry
 
 REFERENCE_SUFFIX = "__at_x0"

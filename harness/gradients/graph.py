@@ -38,36 +38,6 @@ def attribute(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    """The graphs held by a node's attributes (If branches, Loop and Scan bodies)."""
-    graphs = []
-    for attribute in node.attribute:
-        if attribute.type == onnx.AttributeProto.GRAPH:
-            graphs.append(attribute.g)
-        elif attribute.type == onnx.AttributeProto.GRAPHS:
-            graphs.extend(attribute.graphs)
-    return graphs
-
-
-def implicit_inputs(node: onnx.NodeProto) -> set[str]:
-    """Names of the enclosing graph that a node's subgraphs read without declaring them as inputs."""
-    names: set[str] = set()
-    for graph in subgraphs(node):
-        defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-        defined |= {o for inner in graph.node for o in inner.output}
-        for inner in graph.node:
-            names |= {i for i in inner.input if i and i not in defined}
-            names |= {i for i in implicit_inputs(inner) if i not in defined}
-        names |= {o.name for o in graph.output if o.name not in defined}
-    return names
-
-
-def node_inputs(node: onnx.NodeProto) -> list[str]:
-    """Every tensor a node reads: its inputs, then the outer names its subgraphs use."""
-    explicit = [i for i in node.input if i]
-    return explicit + sorted(implicit_inputs(node) - set(explicit))
-
-
 def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     """The value of a Constant node (None for a sparse value)."""
     for attribute in node.attribute:

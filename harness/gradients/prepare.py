@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -33,10 +33,12 @@ from onnx import helper, inliner, numpy_helper, shape_inference, version_convert
 
 from harness.errors import ModelSignatureError, first_line
 from harness.gradients.context import TensorInfo, tensor_info_from_value_info
+from harness.gradients.contrib import expand_contrib_ops
 from harness.gradients.folding import fold_constants
 from harness.gradients.graph import (STANDARD_DOMAINS, constant_node_value, default_opset, image_inputs,
                                      set_default_opset)
-from harness.onnx_io import runnable
+from harness.gradients.half import add_float32_shadow, float32_edges, is_half_precision, shadow_gap
+from harness.onnx_io import LOADING_KEY, runnable, sort_topologically
 
 log = logging.getLogger("harness")
 
@@ -57,6 +59,13 @@ class PreparedModel:
     infos: dict[str, TensorInfo]            # element type and shape of every tensor known
     constants: dict[str, np.ndarray]        # the value of every constant tensor
     notes: tuple[str, ...]                  # what preparation changed, in words
+    # The tensor the pass differentiates for a tensor of the artifact, where they differ: a half-precision
+    # model's float32 shadow (harness.gradients.half). Empty where the model is differentiated as it is.
+    shadow: dict[str, str] = field(default_factory=dict)
+
+    def differentiated(self, name: str) -> str:
+        """The tensor whose gradient stands for that of the artifact's tensor ``name``."""
+        return self.shadow.get(name, name)
 
 
 def prepare(model: onnx.ModelProto, input: str | None = None, image_shape: tuple | None = None,
@@ -65,13 +74,20 @@ def prepare(model: onnx.ModelProto, input: str | None = None, image_shape: tuple
     ``image_shape`` gives its non-batch dims (in the model's own layout) where the graph leaves them open."""
     notes: list[str] = []
     model = _copy(model)
+    notes.extend(_loading_notes(model))
+    moved = sort_topologically(model.graph)
+    if moved:
+        notes.append(f"{moved} node(s) put in topological order (the graph lists them out of order; ONNX Runtime "
+                     "runs them in this order)")
     if model.functions:
         model = inliner.inline_local_functions(model)
         notes.append("local functions inlined")
     _freeze_initializer_inputs(model, input, notes)
     image = _image_input(model, input)
-    _refuse_half_precision(model.graph, image)
+    shadow = _half_precision_shadow(model, notes)
+    held = _hold_shadow_outputs(model, shadow)
     model = _upgraded(model, notes)
+    _note_expansions(expand_contrib_ops(model), notes)
     _fix_input_shape(model.graph, image, image_shape, notes)
     done: Counter = Counter()
     for _ in range(MAX_FOLD_ROUNDS):
@@ -86,7 +102,26 @@ def prepare(model: onnx.ModelProto, input: str | None = None, image_shape: tuple
         infos[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(value.dtype), tuple(value.shape))
     if probe:
         _probe_unknown_shapes(model, image, infos, notes)
-    return PreparedModel(model, image, infos, constants, tuple(notes))
+    if shadow and probe:
+        notes.append(shadow_gap(model, image, (infos[image].dims or (None,))[1:], held))
+    _release_shadow_outputs(model, held)
+    return PreparedModel(model, image, infos, constants, tuple(notes), shadow)
+
+
+def _loading_notes(model: onnx.ModelProto) -> list[str]:
+    """What loading the file changed (recorded by :func:`harness.onnx_io.load_model`), taken off the copy."""
+    notes = [line for prop in model.metadata_props if prop.key == LOADING_KEY for line in prop.value.splitlines()]
+    kept = [prop for prop in model.metadata_props if prop.key != LOADING_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    return notes
+
+
+def _note_expansions(expanded: Counter, notes: list[str]) -> None:
+    if expanded:
+        shown = ", ".join(f"{op} {count}" for op, count in sorted(expanded.items()))
+        notes.append(f"{sum(expanded.values())} ONNX Runtime op(s) written as the standard ops they compute "
+                     f"({shown})")
 
 
 def _note_folding(done: Counter, notes: list[str]) -> None:
@@ -134,13 +169,34 @@ def _image_input(model: onnx.ModelProto, requested: str | None) -> str:
     return candidates[0]
 
 
-def _refuse_half_precision(graph: onnx.GraphProto, image: str) -> None:
-    """The rules build float32/float64 graphs; in float16 a mask of scale 2^100 overflows and sums lose the
-    gradient, so half-precision models are refused rather than differentiated wrongly."""
-    elem_type = next(i for i in graph.input if i.name == image).type.tensor_type.elem_type
-    if elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
-        raise ModelSignatureError(f"the image input {image!r} is {helper.tensor_dtype_to_np_dtype(elem_type).name}; "
-                                  "the harness differentiates float32 models (convert the model to float32 first)")
+def _half_precision_shadow(model: onnx.ModelProto, notes: list[str]) -> dict[str, str]:
+    """For a float16 or bfloat16 model, float32 edges and the float32 shadow (:mod:`harness.gradients.half`);
+    returns the shadow's name of each tensor (empty for a float32 model)."""
+    if not is_half_precision(model):
+        return {}
+    edges = float32_edges(model)
+    if edges:
+        notes.append(f"bfloat16 input(s) and output(s) {edges} taken and given as float32 (the image is rounded to "
+                     "bfloat16 at the start, each output cast back at the end)")
+    shadow = add_float32_shadow(model)
+    notes.append("half-precision model: the gradient is that of its float32 shadow (the same graph with every "
+                 "float16/bfloat16 tensor, weight and Cast widened to float32, the weights as stored); the outputs "
+                 "stay the artifact's own")
+    return shadow
+
+
+def _hold_shadow_outputs(model: onnx.ModelProto, shadow: dict[str, str]) -> dict[str, str]:
+    """Declare the shadow's outputs as graph outputs while the graph is folded (which drops what no output
+    needs); returns output -> its shadow."""
+    held = {o.name: shadow[o.name] for o in model.graph.output if o.name in shadow}
+    model.graph.output.extend(onnx.ValueInfoProto(name=twin) for twin in held.values())
+    return held
+
+
+def _release_shadow_outputs(model: onnx.ModelProto, held: dict[str, str]) -> None:
+    kept = [o for o in model.graph.output if o.name not in set(held.values())]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
 
 
 def _fix_input_shape(graph: onnx.GraphProto, image: str, image_shape, notes: list[str]) -> None:
@@ -293,8 +349,9 @@ def _probe_unknown_shapes(model: onnx.ModelProto, image: str, infos: dict[str, T
     try:
         session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(0)
+        dtype = helper.tensor_dtype_to_np_dtype(image_info.elem_type)
         runs = [dict(zip(wanted, session.run(wanted, {image: rng.standard_normal((b, *image_info.dims[1:]))
-                                                             .astype(np.float32)})))
+                                                             .astype(dtype)})))
                 for b in batches]
     except Exception:  # a model that cannot run here fails later with the runtime's own message
         return

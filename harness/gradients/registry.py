@@ -1,5 +1,7 @@
 """The table of vector-Jacobian product (VJP) rules, one per ONNX op type (domain ``ai.onnx``).
 
+Rules of ops outside the standard domain are registered as ``domain::OpType`` (:func:`rule_key`).
+
 A rule is a function ``rule(ctx: VJPContext) -> None`` that reads the forward node through ``ctx`` and
 contributes the gradients of its differentiable inputs with ``ctx.set_grad(i, name)``. Ops whose outputs
 carry no gradient at all (shape arithmetic, comparisons, random draws) are listed in ``NON_DIFFERENTIABLE``.
@@ -26,6 +28,12 @@ NON_DIFFERENTIABLE: frozenset[str] = frozenset(
         "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial",
     }
 )
+
+
+def rule_key(node) -> str:
+    """The name a node's rule is registered under: its op type in the standard domain, else
+    ``domain::OpType`` (the harness's own ops of :mod:`harness.gradients.quantized` are ``ai.harness::...``)."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
 
 
 def vjp(*op_types: str) -> Callable:
