@@ -24,7 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from harness.gradients.context import GraphEmitter, TensorInfo
 from harness.gradients.graph import STANDARD_DOMAINS, attribute, default_opset
 from harness.gradients.prepare import PreparedModel
-from harness.gradients.registry import NON_DIFFERENTIABLE
+from harness.gradients.quantized import estimator_terms
+from harness.gradients.registry import NON_DIFFERENTIABLE, rule_key
 from harness.onnx_io import node_inputs, runnable
 from harness.registry import Registry
 
@@ -42,10 +43,11 @@ def freezes(*op_types: str) -> Callable:
 class Freezer:
     """What a freezer sees: the node, its inputs at x and x0, its outputs at x0, and a builder."""
 
-    def __init__(self, node: onnx.NodeProto, emit: GraphEmitter, reference: Callable[[str], str]):
+    def __init__(self, node: onnx.NodeProto, emit: GraphEmitter, reference: Callable[[str], str], image: str):
         self.node = node
         self.emit = emit
         self._reference = reference
+        self.image = image
 
     def x(self, i: int) -> str | None:
         """The node's input ``i`` at the perturbed point (None where absent)."""
@@ -86,9 +88,14 @@ class Freezer:
         rows = self.op("Cast", self.op("Reshape", condition, self.emit.ints([0, -1])), to=TensorProto.INT64)
         return self.op("ReduceSum", rows, self.emit.ints([1]), keepdims=0)
 
+    def batch_first(self, name: str) -> bool:
+        """Whether tensor ``name``'s first dim is the image's batch dim (so that units count per image)."""
+        dims, image_dims = self.emit.info(name).dims, self.emit.info(self.image).dims
+        return bool(dims) and bool(image_dims) and dims[0] == image_dims[0] and dims[0] is not None
+
     def no_changes(self) -> str:
-        """Zero changed units per batch row (for a freezer whose op has no kink here)."""
-        rows = self.op("Slice", self.op("Shape", self.x(0)), self.emit.ints([0]), self.emit.ints([1]))
+        """Zero changed units per image (for a freezer whose op has no kink here, or none counted)."""
+        rows = self.op("Slice", self.op("Shape", self.image), self.emit.ints([0]), self.emit.ints([1]))
         return self.op("ConstantOfShape", rows, value=numpy_helper.from_array(np.zeros(1, np.int64)))
 
     def changes(self, state_at_x0: str, state_at_x: str) -> str:
@@ -116,9 +123,9 @@ def frozen_model(prepared: PreparedModel, output: str) -> tuple[onnx.ModelProto,
         emit.nodes.append(_renamed(node, reference))
     changes, units = [], 0
     for node in needed:
-        freezer = FREEZERS.get(node.op_type) if node.domain in STANDARD_DOMAINS else None
+        freezer = FREEZERS.get(rule_key(node))
         if freezer is not None:
-            count = freezer(Freezer(node, emit, reference))
+            count = freezer(Freezer(node, emit, reference, prepared.image))
             if count is not None:
                 changes.append(count)
                 units += _units(prepared.infos.get(node.output[0]))
@@ -146,7 +153,7 @@ def frozen_model(prepared: PreparedModel, output: str) -> tuple[onnx.ModelProto,
         [onnx.ValueInfoProto(name=output), helper.make_tensor_value_info(CHANGES, TensorProto.INT64, [None])],
         [*graph.initializer, *emit.initializers])
     model = helper.make_model(model_graph, opset_imports=list(prepared.model.opset_import),
-                              ir_version=prepared.model.ir_version)
+                              ir_version=prepared.model.ir_version, functions=list(prepared.model.functions))
     return runnable(model), units
 
 
@@ -234,6 +241,25 @@ def clip(f: Freezer) -> str:
         return f.no_changes()
     f.produce(f.op("Where", inside0, f.x(0), f.y0()))
     return f.changes(inside0, inside_x)
+
+
+@freezes("ai.harness::FakeQuantize", "ai.harness::FakeQuantizeContrib")
+def fake_quantize(f: Freezer) -> str:
+    """A QuantizeLinear → DequantizeLinear pair held as its estimator (:mod:`harness.gradients.quantized`):
+    y0 + slope · 1[lo ≤ x0 ≤ hi] · (x − x0), the artifact's rounded value at x0 and the clipped
+    straight-through slope around it, so that finite differences see the estimator, not the rounding steps."""
+    lo, hi, slope = estimator_terms(f.node, f.emit.constant_value, f.emit.rank(f.x(0)))
+    dtype = f.emit.elem_type(f.x(0))
+
+    def inside(u: str) -> str:
+        return f.op("And", f.op("GreaterOrEqual", u, f.emit.const(lo, dtype)),
+                    f.op("LessOrEqual", u, f.emit.const(hi, dtype)))
+
+    inside0, inside_x = f.both(inside)
+    moved = f.op("Mul", f.op("Sub", f.x(0), f.x0(0)), f.emit.const(slope, dtype))
+    f.produce(f.op("Add", f.y0(), f.op("Where", inside0, moved, f.scalar(0.0))))
+    # Units are counted per image where the batch leads (an attention's [tokens, N, ...] pairs go uncounted).
+    return f.changes(inside0, inside_x) if f.batch_first(f.x(0)) else f.no_changes()
 
 
 @freezes("HardSigmoid")

@@ -38,6 +38,7 @@ from harness.gradients.folding import fold_constants
 from harness.gradients.graph import (STANDARD_DOMAINS, constant_node_value, default_opset, image_inputs,
                                      set_default_opset)
 from harness.gradients.half import add_float32_shadow, float32_edges, is_half_precision, shadow_gap
+from harness.gradients.quantized import HARNESS_DOMAIN, fake_quantize_pairs
 from harness.onnx_io import LOADING_KEY, runnable, sort_topologically
 
 log = logging.getLogger("harness")
@@ -62,6 +63,11 @@ class PreparedModel:
     # The tensor the pass differentiates for a tensor of the artifact, where they differ: a half-precision
     # model's float32 shadow (harness.gradients.half). Empty where the model is differentiated as it is.
     shadow: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the pass differentiates QuantizeLinear → DequantizeLinear pairs by their estimator."""
+        return any(node.domain == HARNESS_DOMAIN for node in self.model.graph.node)
 
     def differentiated(self, name: str) -> str:
         """The tensor whose gradient stands for that of the artifact's tensor ``name``."""
@@ -96,6 +102,12 @@ def prepare(model: onnx.ModelProto, input: str | None = None, image_shape: tuple
             break
         done += folded
     _note_folding(done, notes)
+    pairs = fake_quantize_pairs(model)    # after folding: pairs of constants (weights) are constants by now
+    if pairs:
+        notes.append(f"{pairs} QuantizeLinear -> DequantizeLinear pair(s) differentiated with the clipped "
+                     "straight-through estimator (derivative 1 where the input lies inside the quantizer's range "
+                     "[(qmin - z) s, (qmax - z) s], 0 outside: PyTorch's fake-quantize convention), every other op "
+                     "at the rounded values the artifact computes")
     infos = _infos(_inferred(model))
     constants = _constants(model)
     for name, value in constants.items():

@@ -7,6 +7,7 @@ from harness.gradients.rules import (  # noqa: F401
     linear,
     normalization,
     pooling,
+    quantization,
     reduction,
     shape,
 )
