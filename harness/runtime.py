@@ -132,6 +132,9 @@ class GradientRuntime:
         self.binding = use_io_binding(self.session.get_providers(), binding)
         self._device = session_device(self.session)
         self.signature = self._signature(grad_model)
+        # A row's result must not depend on the other rows of its batch; where the model couples them, each
+        # image runs alone (as a deployed model serving one request at a time computes it).
+        self.row_coupled = bool(row_coupling_ops(source))
         # ONNX Runtime runs every node of a graph whatever outputs are asked for, so forward passes get a
         # session of their own on the source model (measured: the gradient graph's logits alone cost a
         # full gradient call).
@@ -255,7 +258,7 @@ class GradientRuntime:
         static batch of B rows runs on as many streams as max_batch holds (at least one).
         """
         total = len(next(iter(feeds.values())))
-        static_batch = self.signature.input_shape[0]
+        static_batch = 1 if self.row_coupled else self.signature.input_shape[0]
         static = isinstance(static_batch, int) and static_batch > 0
         sessions = [session, *self._twins.get(session, [])]
         if static:
@@ -322,6 +325,15 @@ class GradientRuntime:
                 raise HarnessError(f"the input has values beyond float16's range (±65504), which the model's "
                                    f"float16 input {self.signature.input_name!r} cannot hold")
         return x
+
+
+ROW_COUPLING_OPS = ("DynamicQuantizeLinear",)   # one scale over the whole tensor: every row's rounding moves
+
+
+def row_coupling_ops(model: onnx.ModelProto) -> list[str]:
+    """The ops of ``model`` whose result for one row of a batch depends on the other rows."""
+    return sorted({node.op_type for node in model.graph.node if node.op_type in ROW_COUPLING_OPS
+                   and node.domain in ("", "ai.onnx")})
 
 
 def forward_model(source: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:

@@ -7,7 +7,7 @@ import pytest
 
 from harness.gradients import NON_DIFFERENTIABLE, VJP_RULES
 from opcheck import OpCase, check_case
-from test_quantized import ESTIMATOR_CASES
+from test_quantized import DYNAMIC_CASES, ESTIMATOR_CASES
 
 rng = np.random.default_rng(1860867)
 W3 = rng.normal(size=(4, 3, 3, 3))           # Conv weights: 4 out, 3 in, 3x3
@@ -189,7 +189,7 @@ def test_rule_matches_finite_differences(case):
 def test_every_rule_has_a_finite_difference_case():
     covered = {case.op_type for case in CASES}
     # The straight-through estimator's cases compare with its clipped shadow (a quantizer itself is flat).
-    covered |= {op_type for op_type, *_ in ESTIMATOR_CASES.values()}
+    covered |= {op_type for op_type, *_ in ESTIMATOR_CASES.values()} | set(DYNAMIC_CASES.values())
     missing = sorted(set(VJP_RULES) - covered)
     assert not missing, f"rules without a finite-difference case: {missing}"
     assert not (set(VJP_RULES) & NON_DIFFERENTIABLE)

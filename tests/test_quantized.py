@@ -19,10 +19,10 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from export_scripts.onnx_float64 import PieceTorchGraph
-from harness.errors import UnsupportedOpsError
+from harness.errors import NoGradientPathError, UnsupportedOpsError
 from harness.gradcheck import check_gradient
 from harness.gradients import add_input_gradient
 from harness.gradients.builder import preparation_notes
@@ -265,3 +265,111 @@ def test_the_estimator_matches_finite_differences_of_its_clipped_shadow(case):
         numeric[i] = (shadow((flat_x + delta).reshape(x.shape)) - shadow((flat_x - delta).reshape(x.shape))) / (2 * flat_step[i])
     np.testing.assert_allclose(grads.reshape(-1), numeric, rtol=1e-6, atol=1e-9)
     assert 0 < (grads == 0).sum() < grads.size     # both sides of the range are exercised
+
+
+# -- QOperator and dynamic artifacts ---------------------------------------------------------------------
+def quantized_operators(name: str, tmp_path: Path) -> onnx.ModelProto:
+    path = tmp_path / f"{name}-qoperator.onnx"
+    quantize_static(str(MODELS / f"{name}.onnx"), str(path), Calibration(SHAPES[name]),
+                    quant_format=QuantFormat.QOperator, per_channel=True)
+    return onnx.load(str(path))
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "shapes_resnet"])
+def test_a_qoperator_artifact_gets_the_estimator_of_its_qdq_form(name, tmp_path):
+    """QLinearConv, QGemm, QLinearAdd, QLinearGlobalAveragePool and int8 MaxPool/Flatten are written in QDQ
+    form with the kernels' own scales: the gradient is the torch reference of the QDQ artifact that the same
+    calibration gives (the two forms of one quantization)."""
+    artifact = quantized_operators(name, tmp_path)
+    assert {"QLinearConv", "QGemm"} <= {n.op_type for n in artifact.graph.node}
+    x, classes = images(name), np.array([0, 1, 2])
+    runtime = GradientRuntime(artifact)
+    logits, grads = runtime.class_gradients(x, classes)
+    expected = reference_gradients(quantized(name, "int8-per-channel", tmp_path), x, classes)
+    errors = [relative_l2(g, e) for g, e in zip(grads, expected)]
+    assert max(errors) < 1e-5, errors
+    deployed = ort.InferenceSession(artifact.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+    np.testing.assert_array_equal(runtime.forward(x), deployed)
+    notes = " ".join(preparation_notes(add_input_gradient(artifact)))
+    assert "written in QDQ form" in notes and "QLinearConv" in notes
+
+
+def dynamic_matmul(tmp_path: Path) -> tuple[onnx.ModelProto, np.ndarray]:
+    w = np.random.default_rng(21).standard_normal((8, 5)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["y"])], "matmul",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                              [numpy_helper.from_array(w, "w")])
+    source, target = tmp_path / "matmul.onnx", tmp_path / "matmul-dynamic.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(source))
+    quantize_dynamic(str(source), str(target))
+    artifact = onnx.load(str(target))
+    weights = {t.name: numpy_helper.to_array(t) for t in artifact.graph.initializer}
+    dequantized = (weights["w_quantized"].astype(np.float64) - weights["w_zero_point"]) * weights["w_scale"]
+    return artifact, dequantized
+
+
+# The dynamic estimator's finite-difference case: its shadow, with the run-time scale held, is x · W_deq.
+DYNAMIC_CASES = {"dynamic-matmul": "ai.harness::DynamicFakeQuantize"}
+
+
+def test_the_dynamic_estimator_matches_finite_differences_of_its_shadow(tmp_path):
+    """y = s_x s_w (q_x − z_x)(q_w − z_w) with q_x = DynamicQuantizeLinear(x): with the scale held constant,
+    its shadow x · W_deq is linear, and float64 central differences of it give seed · W_deqᵀ."""
+    artifact, dequantized = dynamic_matmul(tmp_path)
+    grad_model = add_input_gradient(artifact)
+    assert DYNAMIC_CASES["dynamic-matmul"].split("::")[1] in {n.op_type for n in grad_model.graph.node}
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    seed = rng.standard_normal((3, 5)).astype(np.float32)
+    grads = GradientRuntime(artifact).gradients(x, seed)[1]
+    step, numeric = 1e-3, np.zeros(x.shape)
+    for index in np.ndindex(*x.shape):
+        delta = np.zeros(x.shape)
+        delta[index] = step
+        numeric[index] = (np.sum(seed * ((x + delta) @ dequantized)) - np.sum(seed * ((x - delta) @ dequantized))) / (2 * step)
+    np.testing.assert_allclose(grads, numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_a_dynamic_artifact_runs_each_image_alone_because_its_scale_spans_the_batch(tmp_path):
+    """DynamicQuantizeLinear takes one scale over the whole tensor, batch included, so an image's rounding
+    depends on its neighbours; the runtime gives each image its own call, as a deployed model serving one
+    request computes it, and the batch changes nothing."""
+    artifact, _ = dynamic_matmul(tmp_path)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    x[3] *= 50.0                  # one image with a far larger range than the others
+    seed = rng.standard_normal((4, 5)).astype(np.float32)
+    runtime = GradientRuntime(artifact)
+    together = runtime.gradients(x, seed)
+    alone = [runtime.gradients(x[i:i + 1], seed[i:i + 1]) for i in range(4)]
+    np.testing.assert_array_equal(together[0], np.concatenate([a[0] for a in alone]))
+    np.testing.assert_array_equal(runtime.forward(x), np.concatenate([runtime.forward(x[i:i + 1]) for i in range(4)]))
+    session = ort.InferenceSession(artifact.SerializeToString(), providers=["CPUExecutionProvider"])
+    batched = session.run(None, {"input": x})[0]
+    assert not np.array_equal(batched[:3], together[0][:3])    # the coupling the runtime avoids is real
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "shapes_resnet"])
+def test_the_check_passes_a_dynamic_artifact(name, tmp_path):
+    path = tmp_path / f"{name}-dynamic.onnx"
+    quantize_dynamic(str(MODELS / f"{name}.onnx"), str(path))
+    result = check_gradient(GradientRuntime(onnx.load(str(path))), images(name, 2, seed=6), directions=2)
+    assert result.passed, result
+    assert "clipped shadow" in result.note
+
+
+def test_an_integer_kernel_without_a_qdq_form_is_refused_naming_it():
+    """QLinearGlobalAveragePool on channels-last data is not rewritten; the pass names it."""
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("QLinearGlobalAveragePool", ["q", "s", "z", "s", "z"], ["p"], domain="com.microsoft",
+                              channels_last=1, name="pool_nhwc"),
+             helper.make_node("DequantizeLinear", ["p", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 1, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=10)
+    with pytest.raises((UnsupportedOpsError, NoGradientPathError), match="QLinearGlobalAveragePool.*pool_nhwc"):
+        add_input_gradient(model)

@@ -242,10 +242,18 @@ def _refuse_cut_paths(graph: onnx.GraphProto, image: str, target: str, active: s
             if any(i in active for i in node_inputs(node))
             and any(o in relevant and o not in active for o in node.output if o)]
     shown = ", ".join(cuts[:8]) + (f" and {len(cuts) - 8} more" if len(cuts) > 8 else "")
+    # Integer kernels the preparation has no QDQ form for (harness.gradients.qoperator) are the usual cause.
+    integer = [f"{rule_key(node)} at {node.name or node.output[0]!r}" for node in graph.node
+               if any(i in depends for i in node_inputs(node)) and node.op_type not in ("QuantizeLinear", "Cast")
+               and all(i not in active for i in node_inputs(node)) and not any(o in active for o in node.output)
+               and (node.domain not in STANDARD_DOMAINS or node.op_type.startswith("QLinear")
+                    or node.op_type.endswith("Integer"))]
+    kernels = (f"; integer kernels on the path that have no QDQ form here: {', '.join(integer[:8])}" if integer
+               else "")
     raise NoGradientPathError(
         f"the output {target!r} depends on the image input {image!r} only through ops whose result carries no "
-        f"gradient (integer or boolean outputs, comparisons, rounding): {shown}; its input gradient would be "
-        "zero everywhere")
+        f"gradient (integer or boolean outputs, comparisons, rounding): {shown}{kernels}; its input gradient would "
+        "be zero everywhere")
 
 
 def _check_supported(nodes: list[onnx.NodeProto]) -> None:

@@ -262,6 +262,13 @@ def fake_quantize(f: Freezer) -> str:
     return f.changes(inside0, inside_x) if f.batch_first(f.x(0)) else f.no_changes()
 
 
+@freezes("ai.harness::DynamicFakeQuantize")
+def dynamic_fake_quantize(f: Freezer) -> str:
+    """A dynamic quantization held as its estimator: y0 + (x − x0) / s0, with the scale of the reference run."""
+    f.produce(f.op("Add", f.y0(), f.op("Div", f.op("Sub", f.x(0), f.x0(0)), f.x0(2))))
+    return f.no_changes()
+
+
 @freezes("HardSigmoid")
 def hard_sigmoid(f: Freezer) -> str:
     """HardSigmoid held in its state: linear inside, constant where saturated at the reference input."""

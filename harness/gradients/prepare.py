@@ -38,6 +38,7 @@ from harness.gradients.folding import fold_constants
 from harness.gradients.graph import (STANDARD_DOMAINS, constant_node_value, default_opset, image_inputs,
                                      set_default_opset)
 from harness.gradients.half import add_float32_shadow, float32_edges, is_half_precision, shadow_gap
+from harness.gradients.qoperator import to_qdq_form
 from harness.gradients.quantized import HARNESS_DOMAIN, fake_quantize_pairs
 from harness.onnx_io import LOADING_KEY, runnable, sort_topologically
 
@@ -93,6 +94,7 @@ def prepare(model: onnx.ModelProto, input: str | None = None, image_shape: tuple
     shadow = _half_precision_shadow(model, notes)
     held = _hold_shadow_outputs(model, shadow)
     model = _upgraded(model, notes)
+    _note_qdq_form(to_qdq_form(model), notes)
     _note_expansions(expand_contrib_ops(model), notes)
     _fix_input_shape(model.graph, image, image_shape, notes)
     done: Counter = Counter()
@@ -127,6 +129,14 @@ def _loading_notes(model: onnx.ModelProto) -> list[str]:
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     return notes
+
+
+def _note_qdq_form(rewritten: Counter, notes: list[str]) -> None:
+    if rewritten:
+        shown = ", ".join(f"{op} {count}" for op, count in sorted(rewritten.items()))
+        notes.append(f"{sum(rewritten.values())} integer op(s) written in QDQ form, each as DequantizeLinear, its "
+                     f"float op and QuantizeLinear with the op's own scales ({shown}); the gradient model computes "
+                     "them in float, so an element can round differently from the integer kernels")
 
 
 def _note_expansions(expanded: Counter, notes: list[str]) -> None:

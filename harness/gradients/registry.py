@@ -24,6 +24,9 @@ NON_DIFFERENTIABLE: frozenset[str] = frozenset(
         "IsNaN", "IsInf", "ArgMax", "ArgMin",
         # piecewise-constant functions: zero gradient almost everywhere
         "Sign", "Floor", "Ceil", "Round",
+        # a quantizer's run-time scale and zero point: an observer of the data, held constant in the derivative
+        # (its quantized output is read through ai.harness::DynamicFakeQuantize, harness.gradients.qoperator)
+        "DynamicQuantizeLinear",
         # random draws
         "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial",
     }

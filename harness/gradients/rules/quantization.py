@@ -22,3 +22,10 @@ def fake_quantize(ctx: VJPContext) -> None:
     if not np.all(slope == 1.0):
         g = ctx.op("Mul", g, ctx.emit.const(slope, dtype))
     ctx.set_grad(0, ctx.op("Where", inside, g, ctx.scalar(0.0, x)))
+
+
+@vjp("ai.harness::DynamicFakeQuantize")
+def dynamic_fake_quantize(ctx: VJPContext) -> None:
+    """y = q − z for q = DynamicQuantizeLinear(x) with its run-time scale s: dx = g / s (the scale held
+    constant, and the range, which covers the data by construction, never clips)."""
+    ctx.set_grad(0, ctx.op("Div", ctx.grad_output(0), ctx.input(2)))
