@@ -8,7 +8,9 @@ earlier failure made it impossible) — and a sentence saying why. The report is
 3. gradient graph: the input gradient agrees with finite differences of the model on the audit images;
 4. explanation certainty: MI between image and explanation per method, normalised to IG's;
 5. parameter randomisation (Adebayo et al. 2018): explanations of a fully randomised model must differ;
-6. random logit: the explanation of another class must differ from the target's.
+6. random logit: the explanation of another class must differ from the target's;
+7. with ``reference`` (the model the artifact was made from): prediction agreement and explanation drift per
+   method (:mod:`harness.deployment`); the page then opens with one sentence per method.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from harness import DEFAULT_SEED
 from harness.attribution import explain
 from harness.data.folders import SkippedFileWarning
+from harness.deployment import compare_with_reference, drift_table, reference_subject
 from harness.errors import ModelCardError
 from harness.gradcheck import check_gradient
 from harness.metrics import get_metric
@@ -51,10 +54,15 @@ class Check:
 
 def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_facts: dict | None = None,
               card_file: str | Path | None = None, count: int = 8, seed: int = DEFAULT_SEED,
-              methods=AUDIT_METHODS) -> tuple[Path, list[Check]]:
-    """Run every check on ``model_path`` with up to ``count`` images from ``images``; write
-    ``<out>/audit.html``. Returns the report's path and the checks."""
+              methods=AUDIT_METHODS, reference: str | Path | None = None,
+              reference_card_file: str | Path | None = None) -> tuple[Path, list[Check]]:
+    """Run every check on ``model_path`` with up to ``count`` images from ``images``; with ``reference``, also
+    compare its explanations with those of the reference model (its card from ``reference_card_file`` or its
+    own, with the same command-line facts); write ``<out>/audit.html``. Returns the report's path and the
+    checks."""
     load_model(model_path)    # an unreadable model is bad input (exit 2), not a failed check
+    if reference is not None:
+        load_model(reference)
     checks: list[Check] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -66,6 +74,9 @@ def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_
         checks.append(Check("model card", "FAIL", str(error)))
         return _write(out, model_path, checks + _skipped("the model card is incomplete")), checks
     card, data, x, runtime = subject.card, subject.data, subject.x, subject.runtime
+    source = None
+    if reference is not None:     # refused before any work where it cannot explain the same images
+        source = reference_subject(reference, subject, reference_card_file, card_facts or {})
     preprocessing = card.preprocessing
     checks.append(Check("model card", "PASS",
                         f"{card.layout or 'NCHW'} {list(card.input_size)}, "
@@ -83,9 +94,16 @@ def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_
     checks.append(_gradient_check(runtime, x, labels, seed))
     explanations = {m: explain(runtime, x, m, labels=labels, context=context, seed=seed)
                     for m in dict.fromkeys((*methods, *SANITY_METHODS))}
+    findings = []
+    if reference is not None:
+        drift = compare_with_reference(subject, source, methods, seed)
+        findings = drift.findings()
+        checks.append(Check("prediction agreement", "INFO", findings[0]))
+        checks.append(Check("explanation drift", "INFO", f"against {Path(reference).name}: " + "; ".join(findings[1:]),
+                            drift_table(drift)))
     checks.append(_certainty(x, explanations, methods))
     checks += _sanity(subject.proto, runtime, x, labels, context, seed, explanations)
-    return _write(out, model_path, checks), checks
+    return _write(out, model_path, checks, findings), checks
 
 
 def _skipped(reason: str) -> list[Check]:
@@ -142,9 +160,10 @@ def _sanity(proto, runtime, x, labels, context, seed, explanations: dict) -> lis
     return checks
 
 
-def _write(out, model_path, checks: list[Check]) -> Path:
-    """The audit's page (the ``audit.html.j2`` template, with the leaderboard's style sheet)."""
-    page = render_page("audit.html.j2", f"Audit of {Path(model_path).name}", checks=checks)
+def _write(out, model_path, checks: list[Check], findings: list[str] = ()) -> Path:
+    """The audit's page (the ``audit.html.j2`` template, with the leaderboard's style sheet), opening with the
+    findings where there are any."""
+    page = render_page("audit.html.j2", f"Audit of {Path(model_path).name}", checks=checks, findings=list(findings))
     path = Path(out) / "audit.html"
     write_atomically(path, page.encode())
     return path

@@ -413,15 +413,22 @@ def experiment(name, config_file, models, dataset, images, seed, out, batch_size
 @click.option("--count", default=8, type=click.IntRange(min=1), help="How many images to audit with.")
 @click.option("--out", default=None, help="Report folder (default reports/audit-<model>).")
 @click.option("--seed", default=DEFAULT_SEED, type=click.IntRange(min=0), help="Seed of every random draw.")
+@click.option("--reference", default=None, type=click.Path(dir_okay=False),
+              help="The model the deployed one was made from (e.g. the float32 source of an int8 artifact): "
+                   "prediction agreement and explanation drift per method.")
+@click.option("--reference-card", default=None, type=click.Path(dir_okay=False),
+              help="The reference model's card sidecar (default: its own card).")
 @card_options
 @user_errors
-def audit(model, images, count, out, seed, **card_facts):
+def audit(model, images, count, out, seed, reference, reference_card, **card_facts):
     """Audit a deployed MODEL: model card, gradient graph vs finite differences, explanation certainty per
-    method, randomisation sanity checks; one HTML report with a verdict per check. Exit 1 when a check fails."""
+    method, randomisation sanity checks, and with --reference the drift of its explanations from the source
+    model's; one HTML report with a verdict per check. Exit 1 when a check fails."""
     card_file = card_facts.pop("card_file")
     out = writable_dir(out or Path("reports") / f"audit-{Path(model).stem}", "--out")
     report, checks = run_audit(model, images, out,
-                               _card_overrides(**card_facts), card_file=card_file, count=count, seed=seed)
+                               _card_overrides(**card_facts), card_file=card_file, count=count, seed=seed,
+                               reference=reference, reference_card_file=reference_card)
     for check in checks:
         click.echo(f"{check.verdict:8} {check.name}: {check.detail}")
     click.echo(f"report {report}")

@@ -5,7 +5,8 @@ The measures (:data:`SIMILARITIES`) compare *saliency maps*: the channel sum of
 absolute attributions (``absolute=False``: of the signed attributions), min-max normalised to [0, 1] per map
 (Adebayo's code further clips at the 99th percentile before scaling; we do not). ``spearman``: Spearman rank
 correlation of the pixels (scipy); ``ssim``: structural similarity with data_range 1 (scikit-image, window 7);
-``hog``: Pearson correlation of the maps' HOG features (scikit-image defaults: 9 orientations, 8x8-pixel
+``top10``: the share of one map's top 10% of pixels among the other's top 10%; ``hog``: Pearson correlation of
+the maps' HOG features (scikit-image defaults: 9 orientations, 8x8-pixel
 cells, 3x3-cell blocks; smaller cells for maps under 24 pixels; its floor is above 0: maps of
 independent noise give 0.05-0.35, the orientation bins sharing a bias). A constant map has no ranks or gradients:
 Spearman and HOG give NaN there.
@@ -64,7 +65,20 @@ def hog_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(fa, fb)[0, 1])
 
 
-SIMILARITIES = {"spearman": spearman, "ssim": ssim, "hog": hog_correlation}
+TOP_FRACTION = 0.1
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION) -> float:
+    """The share of map a's top ``fraction`` of pixels (the k = ceil(fraction · pixels) largest; ties broken by
+    position, as a stable sort breaks them) that are also among map b's top k: 1 for the same pixels, about
+    ``fraction`` for unrelated maps."""
+    k = max(1, int(np.ceil(fraction * a.size)))
+    top_a = np.argsort(-a.ravel(), kind="stable")[:k]
+    top_b = np.argsort(-b.ravel(), kind="stable")[:k]
+    return float(np.intersect1d(top_a, top_b).size / k)
+
+
+SIMILARITIES = {"spearman": spearman, "ssim": ssim, "hog": hog_correlation, "top10": top_overlap}
 
 
 def similarity(attributions: np.ndarray, others: np.ndarray, measures=("spearman", "ssim", "hog"),
