@@ -139,13 +139,16 @@ def test_similarity_measures():
     a = rng.standard_normal((2, 3, 32, 32))
     same = similarity(a, a)
     assert all(np.allclose(v, 1.0) for v in same.values())
-    assert set(same) == set(SIMILARITIES)
+    assert set(same) == set(SIMILARITIES) - {"top10"}      # the default measures; top10 is asked for by name
     assert np.allclose(similarity(a, -a)["spearman"], 1.0)                       # absolute maps ignore sign
     assert np.allclose(similarity(a, -a, absolute=False)["spearman"], -1.0)
     noise = rng.standard_normal((2, 3, 64, 64))
     unrelated = similarity(noise, rng.standard_normal((2, 3, 64, 64)))
     assert np.abs(unrelated["spearman"]).max() < 0.1 and np.abs(unrelated["ssim"]).max() < 0.1
     assert np.abs(unrelated["hog"]).max() < 0.3   # HOG's orientation bins share a bias: unrelated noise ~0.05-0.35
+    assert np.allclose(similarity(a, a, ("top10",))["top10"], 1.0)
+    chance = similarity(noise, rng.standard_normal((2, 3, 64, 64)), ("top10",))["top10"]
+    assert np.all(np.abs(chance - 0.1) < 0.03)     # unrelated maps share their top 10% by chance only
     maps = normalised_maps(a)
     assert maps.shape == (2, 32, 32) and maps.min() == 0.0 and maps.max() == 1.0
     flat = similarity(np.zeros((1, 1, 32, 32)), a[:1, :1])
