@@ -55,11 +55,13 @@ class Check:
 def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_facts: dict | None = None,
               card_file: str | Path | None = None, count: int = 8, seed: int = DEFAULT_SEED,
               methods=AUDIT_METHODS, reference: str | Path | None = None,
-              reference_card_file: str | Path | None = None) -> tuple[Path, list[Check]]:
+              reference_card_file: str | Path | None = None,
+              method_parameters: dict | None = None) -> tuple[Path, list[Check]]:
     """Run every check on ``model_path`` with up to ``count`` images from ``images``; with ``reference``, also
     compare its explanations with those of the reference model (its card from ``reference_card_file`` or its
     own, with the same command-line facts); write ``<out>/audit.html``. Returns the report's path and the
-    checks."""
+    checks. ``method_parameters`` maps a method to the parameters it takes (e.g. fewer samples)."""
+    parameters = method_parameters or {}
     load_model(model_path)    # an unreadable model is bad input (exit 2), not a failed check
     if reference is not None:
         load_model(reference)
@@ -92,17 +94,17 @@ def run_audit(model_path: str | Path, images: str | Path, out: str | Path, card_
         accuracy = float((predicted[known] == data.labels[known]).mean())
         checks.append(Check("accuracy", "INFO", f"top-1 {accuracy:.1%} on the {int(known.sum())} labelled images"))
     checks.append(_gradient_check(runtime, x, labels, seed))
-    explanations = {m: explain(runtime, x, m, labels=labels, context=context, seed=seed)
+    explanations = {m: explain(runtime, x, m, labels=labels, context=context, seed=seed, **parameters.get(m, {}))
                     for m in dict.fromkeys((*methods, *SANITY_METHODS))}
     findings = []
     if reference is not None:
-        drift = compare_with_reference(subject, source, methods, seed)
+        drift = compare_with_reference(subject, source, methods, seed, parameters)
         findings = drift.findings()
         checks.append(Check("prediction agreement", "INFO", findings[0]))
         checks.append(Check("explanation drift", "INFO", f"against {Path(reference).name}: " + "; ".join(findings[1:]),
                             drift_table(drift)))
     checks.append(_certainty(x, explanations, methods))
-    checks += _sanity(subject.proto, runtime, x, labels, context, seed, explanations)
+    checks += _sanity(subject.proto, runtime, x, labels, context, seed, explanations, parameters)
     return _write(out, model_path, checks, findings), checks
 
 
@@ -133,7 +135,7 @@ def _certainty(x, explanations: dict, methods) -> Check:
     return Check("explanation certainty", "INFO", f"highest mutual information: {best}", table)
 
 
-def _sanity(proto, runtime, x, labels, context, seed, explanations: dict) -> list[Check]:
+def _sanity(proto, runtime, x, labels, context, seed, explanations: dict, parameters: dict) -> list[Check]:
     """Parameter randomisation (every parameterised layer re-drawn at once, Adebayo et al. 2018) and the random-
     logit check, for each sanity method; similarity by SSIM of the min-max scaled |maps|."""
     randomised = GradientRuntime(randomise_layers(proto, parameterised_layers(proto), seed), use_cache=False,
@@ -141,7 +143,7 @@ def _sanity(proto, runtime, x, labels, context, seed, explanations: dict) -> lis
     parameter_rows, logit_rows = [], []
     for method in SANITY_METHODS:
         trained = explanations[method]
-        random = explain(randomised, x, method, labels=labels, context=context, seed=seed)
+        random = explain(randomised, x, method, labels=labels, context=context, seed=seed, **parameters.get(method, {}))
         scores = similarity(trained, random, ("spearman", "ssim"))
         parameter_rows.append({"method": method, "spearman": f"{np.nanmean(scores['spearman']):.3f}",
                                "ssim": float(np.nanmean(scores["ssim"]))})

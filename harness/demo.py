@@ -6,6 +6,9 @@ models, the papers' experiments, and the report.
 * The ImageNet model (EfficientNet-Lite0) runs on the bundled photographs with the paper's protocols only
   (:data:`harness.protocols.PAPER_METHODS`), on fewer images and samples so that the demo stays within minutes
   on two cores (:data:`IMAGENET_DEMO`); the README says how its numbers move with more.
+* A deployed artifact: EfficientNet-Lite0 quantized to int8 (:func:`harness.artifacts.int8_artifact`, calibrated
+  on crops of the photographs that the audit does not use) is audited against its float32 source
+  (``harness audit --reference``), on :data:`DEPLOYED_AUDIT_IMAGES` photos.
 * The experiments run on the shapes models (half the images, at least 4); the p-sweep also on the ImageNet
   model, with the samples of :data:`IMAGENET_DEMO`.
 """
@@ -14,12 +17,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.bundled import DEFAULT_MODEL
+from harness.artifacts import int8_artifact
+from harness.audit import run_audit
+from harness.bundled import DEFAULT_MODEL, bundled_models
+from harness.cache import cache_dir
+from harness.data.photos import photo_images
 from harness.experiments import get_experiment
+from harness.gradients.graph import image_inputs
 from harness.gradcheck import DEFAULT_TOLERANCE, GradientCheck, check_model
 from harness.leaderboard import RunConfig, run_leaderboard
 from harness.model_card import read_card
-from harness.onnx_io import load_model
+from harness.onnx_io import content_hash, load_model
 from harness.protocols import PAPER_METHODS
 from harness.report import write_report
 
@@ -36,6 +44,8 @@ IMAGENET_DEMO = {              # the ImageNet model's settings in the demo (a ru
                           **{m: {"steps": IMAGENET_SAMPLES} for m in ("ig", "linear+abs-mean")}},
 }
 IMAGENET_SWEEP_IMAGES = 4
+DEPLOYED_AUDIT_IMAGES = 4
+CALIBRATION_IMAGES = 16
 
 
 def demo_check(seed: int) -> GradientCheck:
@@ -62,4 +72,26 @@ def run_demo(out: str | Path, images: int, seed: int, quiet: bool = False) -> tu
             get_experiment(name)(sweep, quiet=quiet)
         else:
             get_experiment(name)(small, quiet=quiet)
+    deployed_audit(out, images, seed)
     return write_report(out), config
+
+
+def deployed_audit(out: str | Path, images: int, seed: int) -> Path | None:
+    """EfficientNet-Lite0 in int8, made by ONNX Runtime's quantizer and calibrated on photographs the audit does
+    not show, audited against its float32 source; returns the audit page (None where the model is absent)."""
+    source = next((path for path in bundled_models() if Path(path).stem == IMAGENET_MODEL), None)
+    if source is None:
+        return None
+    proto = load_model(source)
+    card = read_card(proto, model_path=source)
+    count = min(images, DEPLOYED_AUDIT_IMAGES)
+    shown = {name.rsplit("-", 1)[-1] for name in photo_images(count, card.input_size, seed).names}
+    pool = photo_images(4 * CALIBRATION_IMAGES, card.input_size, seed + 1)
+    unseen = [i for i, name in enumerate(pool.names) if name.rsplit("-", 1)[-1] not in shown]
+    artifact = cache_dir().parent / "artifacts" / content_hash(proto)[:16] / f"{IMAGENET_MODEL}-int8.onnx"
+    if not artifact.is_file():
+        int8_artifact(source, card.to_model(pool.images[unseen[:CALIBRATION_IMAGES]]), artifact,
+                      card.input_name or image_inputs(proto)[0])
+    page, _ = run_audit(artifact, "photos", Path(out) / f"audit-{IMAGENET_MODEL}-int8", count=count, seed=seed,
+                        reference=source, method_parameters=IMAGENET_DEMO["method_parameters"])
+    return page

@@ -69,18 +69,21 @@ def artifact_form(proto) -> str:
 
 
 def compare_with_reference(deployed: ModelUnderTest, reference: ModelUnderTest, methods,
-                           seed: int = DEFAULT_SEED) -> DeploymentDrift:
+                           seed: int = DEFAULT_SEED, method_parameters: dict | None = None) -> DeploymentDrift:
     """The drift of ``deployed``'s explanations from ``reference``'s on ``deployed``'s images (``reference``
-    must have been built with the same images and references: see :func:`reference_subject`)."""
+    must have been built with the same images and references: see :func:`reference_subject`);
+    ``method_parameters`` maps a method to its parameters, the same for both models."""
+    parameters = method_parameters or {}
     check_comparable(deployed, reference)
     x, targets = deployed.x, reference.targets
     agreement = bootstrap((deployed.predictions == reference.predictions).astype(np.float64))
     mi = get_metric("mi")
     drifts = []
     for method in methods:
-        ours = explain(deployed.runtime, x, method, labels=targets, context=deployed.context, seed=seed)
+        ours = explain(deployed.runtime, x, method, labels=targets, context=deployed.context, seed=seed,
+                       **parameters.get(method, {}))
         theirs = explain(reference.runtime, reference.x, method, labels=targets, context=reference.context,
-                         seed=seed)
+                         seed=seed, **parameters.get(method, {}))
         scores = similarity(ours, theirs, DRIFT_MEASURES)
         drifts.append(MethodDrift(method, {m: bootstrap(scores[m]) for m in DRIFT_MEASURES},
                                   bootstrap(mi(images=x, attributions=ours)),
