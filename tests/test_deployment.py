@@ -14,10 +14,13 @@ from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 from PIL import Image
 
+from harness.artifacts import float16_artifact, int8_artifact
 from harness.cli import main
 from harness.data.shapes import SHAPE_CLASSES, generate_shapes
 from harness.deployment import artifact_form, compare_with_reference, reference_subject
+from harness.leaderboard import RunConfig, run_leaderboard
 from harness.metrics.similarity import top_overlap
+from harness.store import ResultsStore
 from harness.subject import ModelUnderTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,3 +122,26 @@ def test_a_reference_that_cannot_explain_the_same_images_is_refused_before_any_w
     assert result.exit_code == 2, result.output
     assert "reference model digits_cnn.onnx cannot explain" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "audit" / "audit.html").exists()
+
+
+def test_a_leaderboard_lists_a_models_artifacts_as_models_of_their_own(tmp_path):
+    """The float32 digits CNN, its float16 and its int8 forms in one run, with no special case: each gets its
+    rows, and the forms' numbers are their own (not a copy of the source's)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    source = models / "digits_cnn.onnx"
+    onnx.save(onnx.load(str(DIGITS)), str(source))
+    float16_artifact(source, models / "digits_cnn_fp16.onnx", keep_io_types=False)
+    subject = ModelUnderTest(source, dataset="digits", images=8, seed=3)
+    int8_artifact(source, subject.x, models / "digits_cnn_int8.onnx", "input")
+    config = RunConfig.load(None, models=[str(p) for p in sorted(models.glob("*.onnx"))], methods=["vanilla", "ig"],
+                            metrics=["mi"], images=3, dataset="digits", out=str(tmp_path / "run"))
+    run_leaderboard(config, quiet=True)
+    with ResultsStore(tmp_path / "run", writable=False) as store:
+        rows = store.rows()
+    values = {}
+    for row in rows:
+        values.setdefault(row["model"], {})[row["method"], row["image"]] = row["value"]
+    assert set(values) == {"digits_cnn", "digits_cnn_fp16", "digits_cnn_int8"}
+    assert all(len(v) == 6 for v in values.values())
+    assert values["digits_cnn_int8"] != values["digits_cnn"]
