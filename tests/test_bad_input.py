@@ -273,6 +273,9 @@ ROWS = [
     ("dataset-missing-folder", (*LEADERBOARD, "--dataset", "{f}/nowhere", "--out", "{out}"), 2, ["nowhere"], NO_STORE),
     ("audit-images-missing", ("audit", str(DIGITS), "--images", "{f}/nowhere", "--out", "{out}"), 2, ["nowhere"], ["{out}"]),
     ("audit-images-empty", ("audit", str(DIGITS), "--images", "{f}/empty_folder", "--out", "{out}"), 2, ["empty_folder"], ["{out}"]),
+    ("audit-reference-missing", ("audit", str(DIGITS), "--images", "digits", "--reference", "{f}/nowhere.onnx", "--out", "{out}"), 2, ["nowhere.onnx", "does not exist"], ["{out}"]),
+    ("audit-reference-garbage", ("audit", str(DIGITS), "--images", "digits", "--reference", "{f}/garbage.onnx", "--out", "{out}"), 2, ["garbage.onnx"], ["{out}"]),
+    ("audit-reference-other-images", ("audit", str(DIGITS), "--images", "digits", "--count", "2", "--reference", str(SHAPES), "--out", "{out}"), 2, ["reference model shapes_resnet.onnx cannot explain"], ["{out}"]),
     ("experiment-unknown", ("experiment", "magic", "--out", "{out}"), 2, ["magic"], ["{out}"]),
     # -- run stores -------------------------------------------------------------------------------------
     ("store-corrupt", (*LEADERBOARD, "--out", "{f}/corrupt_store"), 2, ["corrupt_store", "not a harness results store"], []),
