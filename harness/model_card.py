@@ -15,6 +15,10 @@ The rest only some commands need, and each asks for it when it does (:meth:`Mode
   in ``channel_order`` (RGB or BGR). A model that takes raw 0..255 pixels and rescales inside its graph says
   ``"pixel_range": [0, 255]``; Caffe-style VGG says pixel_range [0, 255], BGR and its channel means.
 - ``labels``: class names; without them the classes are named by their indices.
+
+A model exported by optimum or transformers has its ``preprocessor_config.json`` and ``config.json`` beside it:
+their size, mean, std, rescaling and labels are read as card facts (:mod:`harness.hf_config`), below the
+model's own metadata, the sidecar and the command line.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import onnx
 from harness.data.base import Preprocessing
 from harness.errors import ModelCardError
 from harness.gradients.graph import declared_dims, image_inputs
+from harness.hf_config import hugging_face_facts
 
 LAYOUTS = ("NCHW", "NHWC")
 CHANNEL_ORDERS = ("RGB", "BGR")
@@ -139,6 +144,8 @@ def read_card(model: onnx.ModelProto, model_path: str | Path | None = None, side
         sources.update(dict.fromkeys(new, source))
 
     merge(_metadata_facts(model, model_dir), "metadata")
+    if model_path:    # an optimum or transformers export: its configs beside it (the metadata's card wins)
+        merge({k: v for k, v in hugging_face_facts(model_dir).items() if k not in facts}, "hugging face config")
     sidecar_path = Path(sidecar) if sidecar else (
         Path(str(model_path)[: -len(".onnx")] + SIDECAR_SUFFIX) if model_path and str(model_path).endswith(".onnx")
         else None)
