@@ -46,6 +46,9 @@ def hugging_face_facts(model_dir: Path) -> dict:
         if not isinstance(rescales, bool) or not _finite(factor) or factor <= 0:
             raise ModelCardError(f"{PREPROCESSOR_CONFIG}: do_rescale must be true or false and rescale_factor a "
                                  "positive number")
+        if rescales and processor.get("rescale_offset", False):
+            raise ModelCardError(f"{PREPROCESSOR_CONFIG}: rescale_offset shifts the rescaled pixels, which the "
+                                 "card cannot state from it; give the range with --pixel-range")
         facts["pixel_range"] = [0.0, 255.0 * factor] if rescales else [0.0, 255.0]
         if processor.get("do_normalize", True):
             for key, fact in (("image_mean", "mean"), ("image_std", "std")):

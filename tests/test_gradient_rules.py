@@ -168,6 +168,8 @@ CASES = [
     OpCase("Pad-reflect", "Pad", [(1, 2, 4, 4), np.array([0, 0, 2, 1, 0, 0, 1, 2], I64)], attrs={"mode": "reflect"}),
     OpCase("Pad-edge", "Pad", [(3, 4), np.array([1, 2, 2, 0], I64)], attrs={"mode": "edge"}),
     OpCase("Pad-axes-18", "Pad", [(2, 3, 4), np.array([1, 2], I64), None, np.array([-1], I64)], opset=18),
+    OpCase("AveragePool-one-window-beyond-the-input", "AveragePool", [(2, 3, 3, 4)], attrs={"kernel_shape": [9, 9], "strides": [9, 9], "ceil_mode": 1}, engine="ort32", fd_step=1e-2, fd_tolerance=1e-4),
+    OpCase("AveragePool-one-window-padded", "AveragePool", [(1, 2, 3, 3)], attrs={"kernel_shape": [5, 5], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
     OpCase("Tile", "Tile", [(2, 3), np.array([2, 3], I64)]),
     OpCase("Tile-symbolic", "Tile", [(2, 3), np.array([1, 2], I64)], symbolic_batch=True),
     OpCase("Resize-nearest-up", "Resize", [(1, 2, 3, 4), None, np.array([1, 1, 2, 2], np.float32)], attrs={"mode": "nearest"}),

@@ -43,9 +43,20 @@ def average_pool(ctx: VJPContext) -> None:
               zip(input_size, output_size, kernel, strides, dilations, pad_begin)]
     real = reduce(np.multiply.outer, counts).astype(np.float64)
     inverse_divisor = ctx.op("Div", pooled_ones, ctx.emit.const(np.maximum(real, 1)[None, None], dtype))
+    if _one_window_over_everything(input_size, output_size, kernel, dilations, pad_begin):
+        # One window holds the whole input (a pooler written as AvgPool(kernel >= size, ceil_mode), as
+        # transformers' EfficientNet does): every pixel gets g / divisor, with no kernel-sized constant.
+        ctx.set_grad(0, ctx.op("Expand", ctx.op("Mul", g, inverse_divisor), ctx.emit.shape(x)))
+        return
     weight = ctx.emit.const(np.ones([channels, 1, *kernel]), dtype)
     ctx.set_grad(0, transpose_to_size(ctx, ctx.op("Mul", g, inverse_divisor), weight, channels, kernel, strides,
                                       dilations, pad_begin, output_size, input_size))
+
+
+def _one_window_over_everything(input_size, output_size, kernel, dilations, pad_begin) -> bool:
+    """Whether the pool has one output position whose undilated window covers every input position."""
+    return all(o == 1 and d == 1 and pb >= 0 and k - pb >= size
+               for size, o, k, d, pb in zip(input_size, output_size, kernel, dilations, pad_begin))
 
 
 @vjp("GlobalAveragePool")
