@@ -27,6 +27,7 @@ from harness.gradients import GRAD_SEED, INPUT_GRAD
 from harness.gradients.builder import INPUT_KEY, TARGET_KEY, tensor_value_info
 from harness.gradients.freeze import CHANGES, REFERENCE_SUFFIX
 from harness.gradients.half import float32_edges, is_half_precision
+from harness.gradients.qoperator import row_coupling_ops
 from harness.gradients.prepare import PreparedModel, prepare
 from harness.onnx_io import load_model, runnable
 from harness.sessions import (CPU, CUDA, choose_providers, cuda_driver_present, inference_session, run_bound,
@@ -325,15 +326,6 @@ class GradientRuntime:
                 raise HarnessError(f"the input has values beyond float16's range (±65504), which the model's "
                                    f"float16 input {self.signature.input_name!r} cannot hold")
         return x
-
-
-ROW_COUPLING_OPS = ("DynamicQuantizeLinear",)   # one scale over the whole tensor: every row's rounding moves
-
-
-def row_coupling_ops(model: onnx.ModelProto) -> list[str]:
-    """The ops of ``model`` whose result for one row of a batch depends on the other rows."""
-    return sorted({node.op_type for node in model.graph.node if node.op_type in ROW_COUPLING_OPS
-                   and node.domain in ("", "ai.onnx")})
 
 
 def forward_model(source: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:

@@ -38,7 +38,7 @@ from harness.gradients.folding import fold_constants
 from harness.gradients.graph import (STANDARD_DOMAINS, constant_node_value, default_opset, image_inputs,
                                      set_default_opset)
 from harness.gradients.half import add_float32_shadow, float32_edges, is_half_precision, shadow_gap
-from harness.gradients.qoperator import to_qdq_form
+from harness.gradients.qoperator import row_coupling_ops, to_qdq_form
 from harness.gradients.quantized import HARNESS_DOMAIN, fake_quantize_pairs
 from harness.onnx_io import LOADING_KEY, runnable, sort_topologically
 
@@ -95,6 +95,10 @@ def prepare(model: onnx.ModelProto, input: str | None = None, image_shape: tuple
     held = _hold_shadow_outputs(model, shadow)
     model = _upgraded(model, notes)
     _note_qdq_form(to_qdq_form(model), notes)
+    coupled = row_coupling_ops(model)
+    if coupled:
+        notes.append(f"{', '.join(coupled)} takes one scale over its whole input, the batch included, so an image's "
+                     "result depends on the others in its batch: the harness runs each image alone")
     _note_expansions(expand_contrib_ops(model), notes)
     _fix_input_shape(model.graph, image, image_shape, notes)
     done: Counter = Counter()

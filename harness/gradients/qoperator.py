@@ -32,6 +32,7 @@ DYNAMIC_FAKE_QUANTIZE = "DynamicFakeQuantize"
 MOVERS = frozenset({"MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
                     "Identity", "Gather", "Slice", "Split", "Expand", "Tile", "DepthToSpace", "SpaceToDepth"})
 MS = "com.microsoft"
+ROW_COUPLING_OPS = ("DynamicQuantizeLinear",)   # one scale over the whole tensor: every row's rounding moves
 
 
 class _Rewriter:
@@ -268,6 +269,12 @@ REWRITES = {
     "ConvInteger": _integer_product("Conv"),
     "MatMulInteger": _integer_product("MatMul"),
 }
+
+
+def row_coupling_ops(model: onnx.ModelProto) -> list[str]:
+    """The ops of ``model`` whose result for one row of a batch depends on the other rows of the batch."""
+    return sorted({node.op_type for node in model.graph.node if node.op_type in ROW_COUPLING_OPS
+                   and node.domain in ("", "ai.onnx")})
 
 
 def to_qdq_form(model: onnx.ModelProto) -> Counter:
