@@ -5,6 +5,7 @@ audits such an artifact against its source; a user can make the same forms of th
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -37,9 +38,13 @@ def int8_artifact(source: str | Path, calibration: np.ndarray, out: str | Path, 
         staged = Path(scratch) / "source.onnx"      # one file: the quantizer reads external data poorly
         onnx.save(load_model(source), str(staged))
         quantized = Path(scratch) / "int8.onnx"
-        quantize_static(str(staged), str(quantized), _Calibration(input_name, calibration),
-                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        per_channel=True)
+        logging.disable(logging.WARNING)    # the quantizer's advice (pre-processing, rescaled bias scales) is noise here
+        try:
+            quantize_static(str(staged), str(quantized), _Calibration(input_name, calibration),
+                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            logging.disable(logging.NOTSET)
         write_atomically(out, Path(quantized).read_bytes())
     return Path(out)
 
