@@ -121,6 +121,12 @@ def _tensors(graph: onnx.GraphProto):
                 yield from _tensors(subgraph)
 
 
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """The bytes of every tensor stored in ``model`` (initializers, Constant values, subgraphs' tensors): what a
+    session of it holds at least once in memory."""
+    return sum(tensor.ByteSize() for tensor in _tensors(model.graph))
+
+
 def content_hash(model: onnx.ModelProto) -> str:
     """SHA-256 of the serialised model: the identity of a model in caches and result stores."""
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()

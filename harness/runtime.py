@@ -29,8 +29,9 @@ from harness.gradients.freeze import CHANGES, REFERENCE_SUFFIX
 from harness.gradients.half import float32_edges, is_half_precision
 from harness.gradients.qoperator import row_coupling_ops
 from harness.gradients.prepare import PreparedModel, prepare
-from harness.onnx_io import load_model, runnable
-from harness.sessions import (CPU, CUDA, choose_providers, cuda_driver_present, inference_session, run_bound,
+from harness.onnx_io import load_model, runnable, weight_bytes
+from harness.sessions import (CPU, CUDA, choose_providers, cuda_driver_present, inference_session,
+                               inference_sessions, run_bound,
                                session_device, stream_plan, unsound_optimizers, use_io_binding)
 
 log = logging.getLogger("harness")
@@ -94,7 +95,8 @@ class GradientRuntime:
     device once, outputs copied back once); None chooses it when the session runs on CUDA, and
     $HARNESS_IO_BINDING=0|1 overrides that choice. Both ways give the same arrays and the same batches.
     ``streams`` sessions of each model run the pieces of a batch side by side, each with its share of
-    ``threads`` (:func:`harness.sessions.stream_plan`: 2 on CPU by default, 1 on CUDA); at most ``max_batch``
+    ``threads`` (:func:`harness.sessions.stream_plan`: 2 on CPU by default, 1 on CUDA or for a model of
+    more than 256 MiB of weights); at most ``max_batch``
     rows are in flight whatever the count (a model with a static batch size B: B rows per stream, as many
     streams as max_batch holds, at least one), and a row's numbers do not depend on it.
     """
@@ -118,7 +120,7 @@ class GradientRuntime:
         grad_model = cached_gradient_model(source, output, self.taps, use_cache, input, self._image_shape,
                                            validate=self._signature)
         providers = choose_providers(provider)
-        self.streams, stream_threads = stream_plan(providers, threads, streams, max_batch)
+        self.streams, stream_threads = stream_plan(providers, threads, streams, max_batch, weight_bytes(grad_model))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
@@ -164,7 +166,7 @@ class GradientRuntime:
     def session_for(self, model: onnx.ModelProto):
         """An ONNX Runtime session for a model derived from this one, with this runtime's options (and, with
         several streams, its twins: the batches this runtime runs on it are split among them)."""
-        sessions = [inference_session(model, self._session_options, self._providers) for _ in range(self.streams)]
+        sessions = inference_sessions(model, self._session_options, self._providers, self.streams)
         if len(sessions) > 1:
             self._twins[sessions[0]] = sessions[1:]
         return sessions[0]

@@ -171,6 +171,17 @@ def test_streams_are_one_where_one_thread_or_one_row_is_given_and_can_be_set(mon
         GradientRuntime(DIGITS, use_cache=False, streams=0)
 
 
+def test_a_model_with_large_weights_runs_on_one_stream_unless_asked(monkeypatch):
+    """Each stream is a whole session (weights and prepacked weights): above STREAM_WEIGHT_LIMIT bytes of
+    weights one session is the default on CPU; a requested count still holds."""
+    large = sessions_module.STREAM_WEIGHT_LIMIT + 1
+    assert sessions_module.stream_plan([CPU], 2, weight_bytes=large - 1) == (2, 1)
+    assert sessions_module.stream_plan([CPU], 2, weight_bytes=large) == (1, 2)
+    assert sessions_module.stream_plan([CPU], 2, requested=2, weight_bytes=large) == (2, 1)
+    monkeypatch.setattr(sessions_module, "STREAM_WEIGHT_LIMIT", 1000)      # the digits CNN's weights exceed it
+    assert GradientRuntime(DIGITS, use_cache=False, threads=2).streams == 1
+
+
 def test_taps_come_back_batched(images):
     x, seed = images
     one = GradientRuntime(DIGITS, taps=[TAP], max_batch=64, use_cache=False)
