@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -19,12 +20,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from harness import DEFAULT_SEED, __version__
+from harness import DEFAULT_SEED, MAX_BATCH, MAX_IMAGES, MAX_SEED, __version__
+from harness.attribution.methods import COUNT_LIMITS
 from harness.audit import run_audit
 from harness.bundled import DEFAULT_MODEL
 from harness.demo import DEMO_EXPERIMENTS, DEMO_OUT, IMAGENET_MODEL, demo_check, run_demo
 from harness.engines import engine_names, get_engine
 from harness.errors import HarnessError
+from harness.escaping import terminal_text
 from harness.experiments import experiment_names, get_experiment, runs_on_engines
 from harness.explanation import explain_input
 from harness.feeding import build_gradient_model
@@ -45,6 +48,37 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errn
 CHECK_EXIT = {"pass": 0, "fail": 1, "inconclusive": 3}   # harness check: bad input exits 2 like everywhere
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and infinities (click's FloatRange lets NaN through every bound)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        """The option's value as a float within its range; NaN and infinities fail naming the option."""
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+SEED = click.IntRange(0, MAX_SEED)      # what NumPy's generators and the store's 64-bit integers take
+IMAGES = click.IntRange(1, MAX_IMAGES)
+
+
+def say(text, err: bool = False) -> None:
+    """Print a line: whatever a model or a file supplied in it (names, labels, card fields) cannot act on the
+    terminal (:func:`harness.escaping.terminal_text`)."""
+    click.echo(terminal_text(text), err=err)
+
+
+class TerminalFormatter(logging.Formatter):
+    """Log lines through :func:`harness.escaping.terminal_text`, as every other line the CLI prints."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as the base formatter writes it, its control characters shown, never sent."""
+        return terminal_text(super().format(record))
+
+
 def user_errors(command):
     """Turn HarnessError into a one-paragraph message and exit code 2."""
     @functools.wraps(command)
@@ -52,13 +86,13 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except HarnessError as error:
-            click.echo(f"error: {error}", err=True)
+            say(f"error: {error}", err=True)
             sys.exit(BAD_INPUT_EXIT)
         except OSError as error:
             if error.errno not in ENVIRONMENT_ERRNOS:
                 raise
             where = f" {error.filename}" if error.filename else ""
-            click.echo(f"error: cannot write{where}: {error.strerror}; free space or give a writable location",
+            say(f"error: cannot write{where}: {error.strerror}; free space or give a writable location",
                        err=True)
             sys.exit(BAD_INPUT_EXIT)
 
@@ -72,7 +106,7 @@ def run() -> None:
     except Exception as error:  # noqa: BLE001 - the last line of defence of the CLI
         if os.environ.get("HARNESS_DEBUG"):
             raise
-        click.echo(f"internal error: {type(error).__name__}: {error} (set HARNESS_DEBUG=1 for the traceback)", err=True)
+        say(f"internal error: {type(error).__name__}: {error} (set HARNESS_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
 
 
@@ -83,13 +117,15 @@ def run() -> None:
 def main(context: click.Context, quiet: bool) -> None:
     """Evaluate gradient-based explanations of ONNX image classifiers."""
     context.ensure_object(dict)["quiet"] = quiet
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="harness: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(TerminalFormatter("harness: %(message)s"))
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=[handler])
     warnings.showwarning = _show_warning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as one line naming what it is about (the file it skipped), never our source lines."""
-    click.echo(f"warning: {message}", err=True)
+    say(f"warning: {message}", err=True)
 
 
 def _quiet(own_flag: bool) -> bool:
@@ -107,11 +143,11 @@ def card_options(command):
         click.option("--input-name", default=None, help="Card fact: the image input's name."),
         click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None, help="Card fact: input layout."),
         click.option("--input-size", nargs=3, type=int, default=None, help="Card fact: channels height width."),
-        click.option("--mean", multiple=True, type=float,
+        click.option("--mean", multiple=True, type=FiniteFloat(),
                      help="Card fact: per-channel mean, in pixel-range units (repeat per channel)."),
-        click.option("--std", multiple=True, type=float,
+        click.option("--std", multiple=True, type=FiniteFloat(),
                      help="Card fact: per-channel std, in pixel-range units (repeat per channel)."),
-        click.option("--pixel-range", nargs=2, type=float, default=None,
+        click.option("--pixel-range", nargs=2, type=FiniteFloat(), default=None,
                      help="Card fact: the values that pixels 0 and 1 take for the model (e.g. 0 255; default 0 1)."),
         click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), default=None,
                      help="Card fact: the model's channel order (default RGB)."),
@@ -166,10 +202,10 @@ def gradgraph(model, out, output, input_alias, taps, **card_facts):
     write_atomically(out, grad_model.SerializeToString())
     weights = {t.name for t in grad_model.graph.initializer}
     inputs = [i.name for i in grad_model.graph.input if i.name not in weights]
-    click.echo(f"wrote {out}: {len(grad_model.graph.node)} nodes; inputs {inputs}, "
+    say(f"wrote {out}: {len(grad_model.graph.node)} nodes; inputs {inputs}, "
                f"outputs {[o.name for o in grad_model.graph.output]}")
     for note in preparation_notes(grad_model):
-        click.echo(f"  prepared: {note}")
+        say(f"  prepared: {note}")
 
 
 @main.command()
@@ -188,55 +224,55 @@ def inspect(model, output, as_json, **card_facts):
         card, problem = None, str(error)
     report = describe_model(proto, str(model), card, problem, output=output)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        say(json.dumps(report, indent=2))
         return
     _print_inspection(report)
 
 
 def _print_inspection(report: dict) -> None:
-    click.echo(f"{report['model']}  (IR {report['ir_version']}, opsets {report['opsets']}, "
+    say(f"{report['model']}  (IR {report['ir_version']}, opsets {report['opsets']}, "
                f"{report['parameters']:,} parameters)")
     for kind in ("inputs", "outputs"):
         for entry in report[kind]:
-            click.echo(f"  {kind[:-1]:6} {entry['name']}: {entry['type']} {entry['shape']}")
-    click.echo("  ops    " + ", ".join(f"{op}:{count}" for op, count in report["op_histogram"].items()))
+            say(f"  {kind[:-1]:6} {entry['name']}: {entry['type']} {entry['shape']}")
+    say("  ops    " + ", ".join(f"{op}:{count}" for op, count in report["op_histogram"].items()))
     gradient = report["gradient"]
     if gradient["supported"] is None:
-        click.echo(f"  gradient: {gradient['reason']}")
+        say(f"  gradient: {gradient['reason']}")
     elif gradient["supported"]:
-        click.echo("  gradient: supported" + ("" if gradient["notes"] else " as it is"))
+        say("  gradient: supported" + ("" if gradient["notes"] else " as it is"))
         for note in gradient["notes"]:
-            click.echo(f"    prepared: {note}")
+            say(f"    prepared: {note}")
     else:
-        click.echo(f"  gradient: refused: {gradient['reason']}")
+        say(f"  gradient: refused: {gradient['reason']}")
     card = report["model_card"]
     if card is None:
-        click.echo(f"  model card: {report['model_card_problem']}")
+        say(f"  model card: {report['model_card_problem']}")
         return
     shown = lambda v: "not stated" if v is None else v  # noqa: E731
-    click.echo(f"  model card: input {shown(card['input_name'])}, {shown(card['layout'])} {shown(card['input_size'])}"
+    say(f"  model card: input {shown(card['input_name'])}, {shown(card['layout'])} {shown(card['input_size'])}"
                + (f" (from the graph: {', '.join(card['from_graph'])})" if card["from_graph"] else ""))
-    click.echo(f"    preprocessing: pixel range {card['pixel_range'] or [0.0, 1.0]}, mean {shown(card['mean'])}, std "
+    say(f"    preprocessing: pixel range {card['pixel_range'] or [0.0, 1.0]}, mean {shown(card['mean'])}, std "
                f"{shown(card['std'])}, channels {card['channel_order'] or 'RGB'}"
                if card["mean"] is not None or card["std"] is not None or card["pixel_range"] is not None
                else "    preprocessing: not stated (needed to read images; give --mean/--std or --pixel-range)")
-    click.echo(f"    labels: {len(card['labels'])} classes" if card["labels"] is not None
+    say(f"    labels: {len(card['labels'])} classes" if card["labels"] is not None
                else "    labels: not stated (classes are named by their indices)")
     for key in ("embedding", "architecture", "made_by"):
         if card[key]:
-            click.echo(f"    {key}: {card[key]}")
+            say(f"    {key}: {card[key]}")
     for key, value in card["extras"].items():
-        click.echo(f"    {key}: {value}")
+        say(f"    {key}: {value}")
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--images", default=4, type=click.IntRange(min=1), help="How many random inputs to check.")
-@click.option("--directions", default=4, type=click.IntRange(min=1), help="Random directions per input.")
-@click.option("--tolerance", default=DEFAULT_TOLERANCE, help="Largest accepted relative L2 error.")
+@click.option("--images", default=4, type=click.IntRange(1, 64), help="How many random inputs to check.")
+@click.option("--directions", default=4, type=click.IntRange(1, 64), help="Random directions per input.")
+@click.option("--tolerance", default=DEFAULT_TOLERANCE, type=FiniteFloat(min=0), help="Largest accepted relative L2 error.")
 @OUTPUT_OPTION
 @INPUT_OPTION
-@click.option("--seed", default=DEFAULT_SEED, type=click.IntRange(min=0),
+@click.option("--seed", default=DEFAULT_SEED, type=SEED,
               help="Seed of the random inputs and directions.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @card_options
@@ -261,12 +297,12 @@ METHOD_HELP = ("vanilla, smoothgrad, ig, guided-ig, suppression, blur-ig, expect
 @click.option("--image", type=click.Path(dir_okay=False), help="An image file, preprocessed as the model card says.")
 @click.option("--tensor", type=click.Path(dir_okay=False),
               help="A preprocessed .npy array (C, H, W) or (1, C, H, W) in the model's input space.")
-@click.option("--label", type=click.IntRange(min=0), default=None, help="Class to explain (default: predicted).")
+@click.option("--label", type=click.IntRange(0, 2 ** 31 - 1), default=None, help="Class to explain (default: predicted).")
 @click.option("--method", default="suppression", help=METHOD_HELP)
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Path steps (ig, guided-ig, blur-ig).")
-@click.option("--samples", type=click.IntRange(min=1), default=None, help="Samples (smoothgrad, suppression, ...).")
-@click.option("--p", "p", type=click.FloatRange(0, 1), default=None, help="Suppression probability (default 0.7).")
-@click.option("--noise", type=click.FloatRange(min=0), default=None, help="SmoothGrad noise level (default 0.15).")
+@click.option("--steps", type=click.IntRange(1, COUNT_LIMITS["steps"]), default=None, help="Path steps (ig, guided-ig, blur-ig).")
+@click.option("--samples", type=click.IntRange(1, COUNT_LIMITS["samples"]), default=None, help="Samples (smoothgrad, suppression, ...).")
+@click.option("--p", "p", type=FiniteFloat(0, 1), default=None, help="Suppression probability (default 0.7).")
+@click.option("--noise", type=FiniteFloat(min=0), default=None, help="SmoothGrad noise level (default 0.15).")
 @click.option("--baseline", type=click.Choice(["black", "zeros", "blurred", "uniform"]), default=None,
               help="Path baseline (ig, guided-ig; default black).")
 @click.option("--references", default=None,
@@ -274,8 +310,8 @@ METHOD_HELP = ("vanilla, smoothgrad, ig, guided-ig, suppression, blur-ig, expect
 @click.option("--layer", default=None,
               help="Grad-CAM's feature map (default: the input of the last global pooling).")
 @click.option("--times-input", is_flag=True, help="Multiply the attribution by the input.")
-@click.option("--seed", default=DEFAULT_SEED, type=click.IntRange(min=0), help="Seed of every random draw.")
-@click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Largest runtime batch (bounds memory).")
+@click.option("--seed", default=DEFAULT_SEED, type=SEED, help="Seed of every random draw.")
+@click.option("--batch-size", default=32, type=click.IntRange(1, MAX_BATCH), help="Largest runtime batch (bounds memory).")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Where to write the .npy.")
 @click.option("--png", default=None, type=click.Path(dir_okay=False), help="Also write the heatmap beside the image.")
 @card_options
@@ -292,13 +328,13 @@ def explain(model, image, tensor, label, method, steps, samples, p, noise, basel
                                 references=references, layer=layer, seed=seed, batch_size=batch_size,
                                 card_file=card_file, card_overrides=_card_overrides(**card_facts),
                                 times_input=times_input, steps=steps, samples=samples, p=p, level=noise,
-                                baseline=baseline)
+                                baseline=baseline, progress=not _quiet(False))
     buffer = io.BytesIO()
     np.save(buffer, explanation.attribution)
     write_atomically(out, buffer.getvalue())
     if png:
         save_side_by_side(png, explanation.pixels, explanation.attribution)
-    click.echo(f"{explanation.method} attribution {list(explanation.attribution.shape)} written to {out}"
+    say(f"{explanation.method} attribution {list(explanation.attribution.shape)} written to {out}"
                + (f" and {png}" if png else ""))
 
 
@@ -311,11 +347,11 @@ def run_options(command):
         click.option("--dataset", default=None,
                      help="shapes, shapes-multi, shapes-grid, digits, photos, a folder or a CSV (default: each "
                           "model's own)."),
-        click.option("--images", type=click.IntRange(min=1), default=None, help="Images per model (default 16)."),
-        click.option("--seed", type=click.IntRange(min=0), default=None,
+        click.option("--images", type=IMAGES, default=None, help="Images per model (default 16)."),
+        click.option("--seed", type=SEED, default=None,
                      help=f"Seed of every random draw (default {DEFAULT_SEED})."),
         click.option("--out", default=None, help="Run directory (default reports/run)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Largest runtime batch."),
+        click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Largest runtime batch."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -334,7 +370,7 @@ def engine_options(command):
                      help="Ray workers in the run's pool (default: as many as the cluster's CPUs or GPUs allow)."),
         click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
                      help="CPUs (and runtime threads) per Ray worker."),
-        click.option("--ray-gpus", type=click.FloatRange(min=0), default=None,
+        click.option("--ray-gpus", type=FiniteFloat(min=0), default=None,
                      help="GPU share per Ray worker (default: 1 where CUDA is available, else 0)."),
     ]
     for option in reversed(options):
@@ -367,7 +403,7 @@ def leaderboard(config_file, models, dataset, images, seed, out, batch_size, qui
     chosen = chosen_engine(engine, ray_address, ray_workers, ray_cpus, ray_gpus)
     run_dir = run_leaderboard(config, quiet=_quiet(quiet), engine=chosen)
     report = write_report(run_dir, force=False)
-    click.echo(f"{len(config.models)} models x {len(config.methods)} methods x {config.images} images: "
+    say(f"{len(config.models)} models x {len(config.methods)} methods x {config.images} images: "
                f"report {report}")
 
 
@@ -379,13 +415,13 @@ def leaderboard(config_file, models, dataset, images, seed, out, batch_size, qui
 @user_errors
 def report(run_dir, colours):
     """Re-render RUN_DIR's reports (HTML, Markdown, CSV, JSON, figures) from its results store alone."""
-    click.echo(f"report {write_report(run_dir, scheme=colours)}")
+    say(f"report {write_report(run_dir, scheme=colours)}")
 
 
 @main.command()
 @click.argument("name")
 @run_options
-@click.option("--samples", type=click.IntRange(min=1), default=None,
+@click.option("--samples", type=click.IntRange(1, COUNT_LIMITS["samples"]), default=None,
               help="Samples per image where the experiment draws them (p-sweep; default: the sampler's own).")
 @engine_options
 @user_errors
@@ -403,16 +439,16 @@ def experiment(name, config_file, models, dataset, images, seed, out, batch_size
                             out=out, batch_size=batch_size, samples=samples)
     writable_dir(config.out, "--out")
     written = run(config, quiet=_quiet(quiet), **({"engine": chosen} if on_engine else {}))
-    click.echo(f"{name}: wrote " + ", ".join(str(p) for p in written))
+    say(f"{name}: wrote " + ", ".join(str(p) for p in written))
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--images", "images", required=True, type=click.Path(),
               help="A folder of images (one subfolder per class, or unlabelled), or a CSV of path,label.")
-@click.option("--count", default=8, type=click.IntRange(min=1), help="How many images to audit with.")
+@click.option("--count", default=8, type=IMAGES, help="How many images to audit with.")
 @click.option("--out", default=None, help="Report folder (default reports/audit-<model>).")
-@click.option("--seed", default=DEFAULT_SEED, type=click.IntRange(min=0), help="Seed of every random draw.")
+@click.option("--seed", default=DEFAULT_SEED, type=SEED, help="Seed of every random draw.")
 @click.option("--reference", default=None, type=click.Path(dir_okay=False),
               help="The model the deployed one was made from (e.g. the float32 source of an int8 artifact): "
                    "prediction agreement and explanation drift per method.")
@@ -430,8 +466,8 @@ def audit(model, images, count, out, seed, reference, reference_card, **card_fac
                                _card_overrides(**card_facts), card_file=card_file, count=count, seed=seed,
                                reference=reference, reference_card_file=reference_card)
     for check in checks:
-        click.echo(f"{check.verdict:8} {check.name}: {check.detail}")
-    click.echo(f"report {report}")
+        say(f"{check.verdict:8} {check.name}: {check.detail}")
+    say(f"report {report}")
     sys.exit(1 if any(c.verdict == "FAIL" for c in checks) else 0)
 
 
@@ -455,15 +491,15 @@ def mutual_information_command(image, explanation, estimator, signed, as_json):
                            f"{list(x.shape)} and {list(z.shape)}")
     value = mutual_information(x, z, estimator, absolute=not signed)
     if as_json:
-        click.echo(json.dumps({"mi_nats": value, "estimator": estimator, "n": int(x.size)}))
+        say(json.dumps({"mi_nats": value, "estimator": estimator, "n": int(x.size)}))
     else:
-        click.echo(f"{value:.6f} nats ({estimator}, {x.size} pixel pairs)")
+        say(f"{value:.6f} nats ({estimator}, {x.size} pixel pairs)")
 
 
 @main.command()
 @click.option("--out", default=str(DEMO_OUT), help="Run directory.")
-@click.option("--images", type=click.IntRange(min=1), default=12, help="Images per model.")
-@click.option("--seed", default=DEFAULT_SEED, type=click.IntRange(min=0), help="Seed of every random draw.")
+@click.option("--images", type=IMAGES, default=12, help="Images per model.")
+@click.option("--seed", default=DEFAULT_SEED, type=SEED, help="Seed of every random draw.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def demo(out, images, seed, quiet):
@@ -477,7 +513,7 @@ def demo(out, images, seed, quiet):
     report, config = run_demo(out, images, seed, quiet=_quiet(quiet))
     imagenet = config.per_model.get(IMAGENET_MODEL)
     small = len(config.models) - (imagenet is not None)
-    click.echo(f"leaderboard of {len(config.methods)} methods on {small} small bundled models x {images} images"
+    say(f"leaderboard of {len(config.methods)} methods on {small} small bundled models x {images} images"
                + (f", the paper's {len(imagenet['methods'])} methods on {IMAGENET_MODEL} x {imagenet['images']} "
                   "photos" if imagenet else "")
                + f", and the experiments {', '.join(DEMO_EXPERIMENTS)}: {report}")
@@ -485,16 +521,16 @@ def demo(out, images, seed, quiet):
 
 def _print_check(name, result, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({"model": str(name), **result.as_dict()}, indent=2))
+        say(json.dumps({"model": str(name), **result.as_dict()}, indent=2))
         return
     verdict = result.verdict.upper()
     steps = ", ".join(f"{step:g}: {error:.1e}" for step, error in result.errors_by_step.items())
-    click.echo(f"{verdict} {name}: gradient of {result.checked!r} vs finite differences on {result.images} inputs x "
+    say(f"{verdict} {name}: gradient of {result.checked!r} vs finite differences on {result.images} inputs x "
                f"{result.directions} directions: relative L2 error {result.relative_error:.2e} (tolerance "
                f"{result.tolerance:.0e}), cosine {result.cosine:.6f}")
-    click.echo(f"  error by relative step (Richardson-extrapolated): {steps}")
+    say(f"  error by relative step (Richardson-extrapolated): {steps}")
     if result.kinks_frozen:
-        click.echo(f"  {result.kinks_frozen:,} kink units (ReLU, max pool, clip, ...) per input held in their state at "
+        say(f"  {result.kinks_frozen:,} kink units (ReLU, max pool, clip, ...) per input held in their state at "
                    f"the input; {result.kinks_crossed:,.0f} of them would change state within the step")
     if result.note:
-        click.echo(f"  {result.note}")
+        say(f"  {result.note}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from harness import DEFAULT_SEED
 from harness.attribution import Context, attribute, get_method, resolve_targets
@@ -68,7 +69,7 @@ def _model_input(card: ModelCard, image, tensor) -> tuple[np.ndarray, np.ndarray
 def explain_input(model: str | Path, image: str | Path | None = None, tensor: str | Path | None = None,
                   label: int | None = None, method: str = "suppression", references: str | Path | None = None,
                   layer: str | None = None, seed: int = DEFAULT_SEED, batch_size: int = 32,
-                  card_file: str | Path | None = None, card_overrides: dict | None = None,
+                  card_file: str | Path | None = None, card_overrides: dict | None = None, progress: bool = False,
                   **method_parameters) -> Explanation:
     """Explain one input of ``model`` (an ONNX file): an ``image`` file (read through the card's preprocessing)
     or a ``tensor`` (.npy, already in model space), for class ``label`` (default: the prediction).
@@ -77,6 +78,7 @@ def explain_input(model: str | Path, image: str | Path | None = None, tensor: st
     ``references`` is a dataset (a generator's name, a folder or a CSV) from which Expected Gradients draws its
     reference set as a run does (:func:`harness.subject.reference_pixels`). ``layer`` is Grad-CAM's
     feature map (default: the input of the last global pooling). A non-finite attribution is refused.
+    ``progress`` shows a progress bar on a terminal (a count of millions of samples takes long, streamed).
     """
     if (image is None) == (tensor is None):
         raise HarnessError("give exactly one of --image and --tensor")
@@ -89,7 +91,8 @@ def explain_input(model: str | Path, image: str | Path | None = None, tensor: st
     runtime = GradientRuntime.from_card(proto, card, max_batch=batch_size, taps=taps)
     context = Context.from_card(card, None if drawn is None else card.to_model(drawn))
     targets = resolve_targets(runtime, x, None if label is None else [label], None, None)
-    attribution = attribute(runtime, x, targets, chosen, context, seed)[0, 0]
+    with tqdm(total=len(x), desc=chosen.name, unit="image", disable=None if progress else True, leave=False) as bar:
+        attribution = attribute(runtime, x, targets, chosen, context, seed, progress=bar)[0, 0]
     if not np.isfinite(attribution).all():
         raise HarnessError("the attribution holds NaN or infinite values; nothing was written")
     return Explanation(attribution.astype(np.float32), chosen.name, int(targets[0, 0]), pixels)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import cm, colors
 
+from harness.escaping import file_stem
 from harness.metrics.certainty import NORMALISED_MI
 from harness.model_card import ModelCard
 from harness.visual import COLOUR_BARS, colour_scale, coloured, image_rgb
@@ -68,7 +69,7 @@ def gallery(store, run_dir: Path, scheme: str = "auto") -> dict[str, dict]:
         images = sorted(per_image)
         methods = [m for m in configured if any(m in per_method for per_method in per_image.values())]
         panels, used = _gallery_panels(per_image, images, methods, inputs, keys, model, cards[model], scheme)
-        relative = f"{FIGURES_DIR}/gallery-{model.replace('/', '-')}.png"
+        relative = f"{FIGURES_DIR}/gallery-{file_stem(model)}.png"
         _draw_gallery(plt, panels, images, methods, used, run_dir / relative)
         written[model] = {"src": relative, "caption": (
             f"{model}: explanations of the first {len(images)} images (a column per image: the map, then the map "

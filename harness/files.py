@@ -5,6 +5,8 @@ Every check names the path, the option it came from and the remedy, as a :class:
 
 from __future__ import annotations
 
+import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -13,6 +15,52 @@ import numpy as np
 from harness.errors import HarnessError
 
 MAX_ARRAY_BYTES = 2 ** 31     # 2 GiB: far beyond any image; a larger header is refused before any allocation
+MAX_TEXT_BYTES = 2 ** 24      # 16 MiB: a card, a labels file or a run configuration is far smaller
+
+
+def _kind(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+
+
+def open_regular(path: str | Path, what: str, error: type[HarnessError] = HarnessError):
+    """``path`` opened for reading if it is a regular file (or a link to one); a folder, FIFO, socket or device
+    is refused with ``error`` naming it, and never read: a FIFO would block for ever, a device never end.
+
+    The file is opened without blocking and checked on the open descriptor, so no other file can be swapped in
+    between the check and the read."""
+    path = Path(path)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise error(f"the {what} {path} does not exist") from None
+    except OSError as problem:
+        raise error(f"the {what} {path} cannot be read ({problem.strerror})") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise error(f"the {what} {path} is {_kind(mode)}, not a regular file; give a file")
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "rb")
+
+
+def read_text(path: str | Path, what: str, error: type[HarnessError] = HarnessError,
+              limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a regular file (see :func:`open_regular`) of at most ``limit`` bytes; a larger,
+    unreadable or undecodable file is ``error``."""
+    with open_regular(path, what, error) as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as problem:
+            raise error(f"the {what} {path} cannot be read ({problem.strerror})") from None
+    if len(data) > limit:
+        raise error(f"the {what} {path} is larger than {limit // 2 ** 20} MiB, more than any such file needs; "
+                    "it was not read")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as problem:
+        raise error(f"the {what} {path} is not readable text ({problem})") from None
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -58,17 +106,17 @@ def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
     """A .npy file as an array, refusing pickles, and a header whose size the file does not hold or that is
     larger than ``MAX_ARRAY_BYTES``, before anything is allocated."""
     path = Path(path)
+    with open_regular(path, what) as handle:
+        return _read_npy(handle, path, what)
+
+
+def _read_npy(handle, path: Path, what: str) -> np.ndarray:
     try:
-        with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(handle, max_header_size=10000)
-            offset = handle.tell()
-    except FileNotFoundError:
-        raise HarnessError(f"the {what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise HarnessError(f"the {what} {path} is a folder, not a .npy file") from None
+        version = np.lib.format.read_magic(handle)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(handle, max_header_size=10000)
+        offset = handle.tell()
     except (OSError, ValueError, SyntaxError) as error:
         raise HarnessError(f"the {what} {path} is not a readable .npy array ({error})") from None
     if dtype.hasobject:
@@ -78,10 +126,12 @@ def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
     if declared > MAX_ARRAY_BYTES:
         raise HarnessError(f"the {what} {path} declares shape {list(shape)} ({declared / 2 ** 30:.1f} GiB), over "
                            f"the limit of {MAX_ARRAY_BYTES / 2 ** 30:.0f} GiB; nothing was allocated")
-    if path.stat().st_size < offset + declared:
+    size = os.fstat(handle.fileno()).st_size
+    if size < offset + declared:
         raise HarnessError(f"the {what} {path} is truncated: its header declares shape {list(shape)} "
-                           f"({declared:,} bytes), the file holds {path.stat().st_size - offset:,}")
+                           f"({declared:,} bytes), the file holds {size - offset:,}")
     try:
-        return np.load(path, allow_pickle=False)
+        handle.seek(0)
+        return np.load(handle, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise HarnessError(f"the {what} {path} is not a readable .npy array ({error})") from None

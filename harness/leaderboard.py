@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 
-from harness import DEFAULT_SEED
+from harness import DEFAULT_SEED, MAX_BATCH, MAX_IMAGES, MAX_SEED
 from harness.attribution import get_method
-from harness.attribution.methods import describe
+from harness.attribution.methods import COUNT_LIMITS, describe
 from harness.bundled import bundled_models
 from harness.engines import Engine, LocalEngine, Outcome, Work, missing_units, run_work
 from harness.errors import HarnessError
+from harness.files import read_text
 from harness.metrics import get_metric, metric_names
 from harness.store import ResultsStore, canonical, seconds_key
 from harness.subject import ModelUnderTest, model_names
@@ -51,9 +52,10 @@ class RunConfig:
         """Defaults, then the TOML file, then ``overrides`` that are not None (the command line wins)."""
         values: dict = {}
         if path is not None:
+            text = read_text(path, "run configuration")
             try:
-                values = tomllib.loads(Path(path).read_text())
-            except (OSError, tomllib.TOMLDecodeError) as error:
+                values = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as error:
                 raise HarnessError(f"cannot read the run configuration {path} ({error})") from None
             unknown = sorted(set(values) - {f.name for f in fields(cls)})
             if unknown:
@@ -72,6 +74,12 @@ class RunConfig:
         for name in ("seed", "gallery"):
             if getattr(config, name) < 0:
                 raise HarnessError(f"{where}{name} must not be negative, got {getattr(config, name)}")
+        limits = {"seed": MAX_SEED, "images": MAX_IMAGES, "gallery": MAX_IMAGES, "chunk": MAX_IMAGES,
+                  "batch_size": MAX_BATCH, "samples": COUNT_LIMITS["samples"]}
+        for name, limit in limits.items():
+            value = getattr(config, name)
+            if value is not None and value > limit:
+                raise HarnessError(f"{where}{name} = {value} is over the limit of {limit:,}")
         if config.samples is not None and config.samples < 1:
             raise HarnessError(f"{where}samples must be a positive integer, got {config.samples}")
         for name, settings in config.per_model.items():
@@ -82,6 +90,9 @@ class RunConfig:
             _check_types(settings, f"{where}per_model.{name}".rstrip(": "))
             if settings.get("images", 1) < 1 or settings.get("samples", 1) < 1:
                 raise HarnessError(f"{where}per_model.{name}: images and samples must be positive integers")
+            if settings.get("images", 1) > MAX_IMAGES or settings.get("samples", 1) > COUNT_LIMITS["samples"]:
+                raise HarnessError(f"{where}per_model.{name}: images (at most {MAX_IMAGES:,}) or samples (at most "
+                                   f"{COUNT_LIMITS['samples']:,}) over the limit")
         return config
 
     def for_model(self, name: str) -> "RunConfig":

@@ -24,6 +24,7 @@ model's own metadata, the sidecar and the command line.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import onnx
 
 from harness.data.base import Preprocessing
 from harness.errors import ModelCardError
+from harness.files import read_text
 from harness.gradients.graph import declared_dims, image_inputs
 from harness.hf_config import hugging_face_facts
 
@@ -221,6 +223,10 @@ def _inconsistencies(card: ModelCard, model: onnx.ModelProto) -> list[str]:
             values = getattr(card, name)
             if values is not None and len(values) != card.input_size[0]:
                 problems.append(f"{name} needs {card.input_size[0]} values (one per channel), got {len(values)}")
+    for name in ("mean", "std", "pixel_range"):
+        values = getattr(card, name)
+        if values is not None and not all(math.isfinite(v) for v in values):
+            problems.append(f"{name} values must be finite numbers, got {list(values)}")
     if card.std is not None and any(s <= 0 for s in card.std):
         problems.append("std values must be positive")
     if card.pixel_range is not None and (len(card.pixel_range) != 2 or not card.pixel_range[0] < card.pixel_range[1]):
@@ -268,11 +274,10 @@ def _resolve_labels_file(facts: dict, base: Path, confined: bool) -> dict:
 
 
 def _read_sidecar(path: Path) -> dict:
+    text = read_text(path, "model card sidecar", ModelCardError)
     try:
-        facts = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelCardError(f"the model card sidecar {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        facts = json.loads(text)
+    except json.JSONDecodeError as error:
         raise ModelCardError(f"the model card sidecar {path} is not readable JSON ({error})") from None
     if not isinstance(facts, dict):
         raise ModelCardError(f"the model card sidecar {path} must hold a JSON object")
@@ -280,10 +285,7 @@ def _read_sidecar(path: Path) -> dict:
 
 
 def _read_labels(path: Path) -> list[str]:
-    try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise ModelCardError(f"the labels file {path} is not readable ({error})") from None
+    return [line.strip() for line in read_text(path, "labels file", ModelCardError).splitlines() if line.strip()]
 
 
 def guess_embedding(model: onnx.ModelProto, output: str | None = None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import os
@@ -9,9 +10,11 @@ import tempfile
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 
 from harness.errors import HarnessError, ModelLoadError, first_line
 
+STANDARD_OPSET_DOMAINS = ("", "ai.onnx.ml")
 MAX_IR_VERSION = 10  # the newest IR that every supported onnxruntime release accepts
 
 
@@ -35,11 +38,62 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if moved:
         model.metadata_props.add(key=LOADING_KEY, value=f"{moved} node(s) put in topological order (the file lists "
                                  "them out of order; ONNX Runtime runs them in this order)")
+    newer = [f"{domain or 'ai.onnx'} {version} (the newest known is {known})"
+             for domain, version, known in unknown_opsets(model)]
+    if newer:
+        raise ModelLoadError(f"{path} declares opsets newer than onnx {onnx.__version__} and onnxruntime "
+                             f"{ort.__version__} know: {'; '.join(newer)}; export it at a known opset")
     try:
         onnx.checker.check_model(model)
     except Exception as error:
         raise ModelLoadError(f"{path} is not a valid ONNX model: {first_line(error)}") from None
     return model
+
+
+@functools.lru_cache(maxsize=None)
+def known_opset(domain: str) -> int | None:
+    """The newest opset of a standard ``domain`` ("" for ai.onnx, "ai.onnx.ml") that both onnx (its operator
+    schemas) and onnxruntime (a one-node model it loads) know; None for other domains (com.microsoft, custom
+    ones: their ops are checked one by one)."""
+    versions = [schema.since_version for schema in onnx.defs.get_all_schemas_with_history()
+                if schema.domain == domain]
+    if domain not in STANDARD_OPSET_DOMAINS or not versions:
+        return None
+    newest = max(versions)
+    for version in range(newest, 0, -1):
+        if _runtime_loads(domain, version):
+            return version
+    return None
+
+
+def _runtime_loads(domain: str, version: int) -> bool:
+    """Whether onnxruntime loads a model that imports ``domain`` at ``version`` (an Identity of the default
+    domain at opset 17 besides)."""
+    imports = [onnx.helper.make_opsetid("", version if domain == "" else 17)]
+    if domain:
+        imports.append(onnx.helper.make_opsetid(domain, version))
+    value = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", value[:1], value[1:])
+    probe = onnx.helper.make_model(graph, opset_imports=imports, ir_version=MAX_IR_VERSION)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - onnxruntime refuses an unknown opset with its generic error types
+        return False
+    return True
+
+
+def unknown_opsets(model: onnx.ModelProto) -> list[tuple[str, int, int]]:
+    """(domain, declared version, newest known) for each standard domain that ``model`` imports at a version
+    newer than :func:`known_opset`."""
+    found = []
+    for opset in model.opset_import:
+        domain = "" if opset.domain == "ai.onnx" else opset.domain
+        known = known_opset(domain)
+        if known is not None and opset.version > known:
+            found.append((domain, opset.version, known))
+    return found
 
 
 LOADING_KEY = "harness.loading"   # metadata: what loading changed (sentences, one per line)

@@ -14,11 +14,17 @@ import json
 import jinja2
 import numpy as np
 
+from harness.escaping import MarkdownSafe, csv_cell, markdown_text, markdown_url
 from harness.metrics.certainty import NORMALISED_MI
 
-TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("harness", "templates"), trim_blocks=True,
-                               lstrip_blocks=True, keep_trailing_newline=True,
-                               autoescape=lambda name: bool(name) and ".html" in name, undefined=jinja2.StrictUndefined)
+_SETTINGS = {"loader": jinja2.PackageLoader("harness", "templates"), "trim_blocks": True, "lstrip_blocks": True,
+             "keep_trailing_newline": True, "undefined": jinja2.StrictUndefined}
+# HTML pages escape every value (autoescape, always on); Markdown pages every value too, through finalize: a table
+# row's cells are escaped one by one (the "cells" filter) before the separators join them.
+TEMPLATES = jinja2.Environment(autoescape=lambda name: bool(name) and ".html" in name, **_SETTINGS)
+MARKDOWN_TEMPLATES = jinja2.Environment(autoescape=False, finalize=markdown_text, **_SETTINGS)
+MARKDOWN_TEMPLATES.filters["cells"] = lambda values: MarkdownSafe(" | ".join(markdown_text(v) for v in values))
+MARKDOWN_TEMPLATES.filters["url"] = markdown_url
 INTRO = ("Explanation certainty is the mutual information I(x; z) between an image and its explanation, in nats "
          "(Sampling Matters in Explanations, section 3). Cells: mean [95% bootstrap CI over images]; ratios are "
          "paired by image. ↑ higher is better, ↓ lower is better. s/image: attribution time per image on the "
@@ -29,7 +35,8 @@ OTHERS_NOTE = ("Rows of earlier runs with another model file or card, other meth
 
 def render_page(template: str, title: str, **context) -> str:
     """One of the harness's pages (``harness/templates/<template>``), rendered with ``context``."""
-    return TEMPLATES.get_template(template).render(title=title, **context)
+    environment = MARKDOWN_TEMPLATES if template.endswith(".md.j2") else TEMPLATES
+    return environment.get_template(template).render(title=title, **context)
 
 
 def _marker(higher: bool) -> str:
@@ -123,8 +130,8 @@ def render_csv(tables: dict) -> str:
         for row in _all_rows(table):
             for c in table["columns"]:
                 cell = row[c]
-                writer.writerow([model, row["method"], c, table["higher_is_better"][c], cell.mean, cell.low,
-                                 cell.high, cell.n, row["seconds"]])
+                writer.writerow([csv_cell(v) for v in (model, row["method"], c, table["higher_is_better"][c],
+                                                       cell.mean, cell.low, cell.high, cell.n, row["seconds"])])
     return buffer.getvalue()
 
 

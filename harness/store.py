@@ -96,6 +96,55 @@ def verify_store(path: Path) -> None:
         raise StoreError(f"{path} is a harness results store of schema {user_version}, and this harness reads "
                          f"schema {SCHEMA_VERSION}; it was left untouched: give another --out (or re-render it "
                          "with the harness that made it)")
+    problem = _schema_problem(path)
+    if problem:
+        raise StoreError(f"{path} carries the harness's marks but not its schema ({problem}): a damaged or crafted "
+                         "file; it was left untouched: give another --out")
+
+
+def _schema(connection: sqlite3.Connection) -> dict:
+    """Every object of an SQLite database, {(type, name, table): columns}: a table's columns as
+    (name, declared type, not null, primary-key position), an index's as its column names, others' as ()."""
+    objects = {}
+    for kind, name, table in connection.execute("SELECT type, name, tbl_name FROM sqlite_master"):
+        if kind == "table":
+            columns = tuple((c[1], c[2], c[3], c[5]) for c in connection.execute("SELECT * FROM pragma_table_info(?)", (name,)))
+        elif kind == "index":
+            columns = tuple(c[2] for c in connection.execute("SELECT * FROM pragma_index_info(?)", (name,)))
+        else:
+            columns = ()
+        objects[kind, name, table] = columns
+    return objects
+
+
+def _expected_schema() -> dict:
+    connection = sqlite3.connect(":memory:")
+    try:
+        connection.executescript(SCHEMA)
+        return _schema(connection)
+    finally:
+        connection.close()
+
+
+def _schema_problem(path: Path) -> str | None:
+    """What differs between the store's schema and :data:`SCHEMA` (its tables and their columns, with no
+    trigger, view or index besides), read without writing; None where it is exact."""
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            found = _schema(connection)
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        return f"its schema cannot be read: {error}"
+    expected = _expected_schema()
+    extra = sorted(f"{kind} {name!r}" for kind, name, _ in set(found) - set(expected))
+    missing = sorted(f"{kind} {name!r}" for kind, name, _ in set(expected) - set(found))
+    changed = sorted(f"{kind} {name!r}" for key in set(found) & set(expected) if found[key] != expected[key]
+                     for kind, name, _ in [key])
+    parts = [f"unexpected {', '.join(extra)}" if extra else "", f"missing {', '.join(missing)}" if missing else "",
+             f"other columns in {', '.join(changed)}" if changed else ""]
+    return "; ".join(p for p in parts if p) or None
 
 
 def _tables(path: Path) -> set[str]:

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from harness.attribution import Context, explain, get_method, resolve_targets
 from harness.attribution.contrastive import class_distribution, contrastive_attribution, contrastive_classes
+import harness.attribution.engine as engine_module
 from harness.attribution.engine import attribute
 from harness.attribution.samplers import SamplingError, riemann
 from harness.errors import HarnessError
@@ -136,6 +137,46 @@ def test_same_seed_same_result_at_every_batch_size(images, method):
                       get_method(method, samples=12) if method != "ig" else get_method(method, steps=12),
                       context(references=refs), seed=5)
     np.testing.assert_array_equal(alone[0], results[0][3])   # position independent
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "ig", "blur-ig", "expected-gradients", "suppression"])
+def test_streamed_samples_match_one_block_and_every_batch_size(images, method, monkeypatch):
+    """Beyond STREAMED_ROWS rows an image's samples are drawn and reduced block by block: the same samples (the
+    generator read in turn, one baseline per path) and the same sum as one block, to float32 rounding; and,
+    streamed, bit-identical at every batch size."""
+    refs = np.random.default_rng(9).standard_normal((4, *SHAPE)).astype(np.float32)
+    chosen = get_method(method, samples=12) if method not in ("ig", "blur-ig") else get_method(method, steps=12)
+    targets = np.array([[0, 2], [1, 0], [2, 1]])
+    runtime = GradientRuntime(toy_model(), max_batch=5, use_cache=False)
+    whole = attribute(runtime, images[:3], targets, chosen, context(references=refs), seed=5)
+    monkeypatch.setattr(engine_module, "STREAMED_ROWS", 10)        # 2 classes: blocks of 5 samples
+    streamed = [attribute(GradientRuntime(toy_model(), max_batch=b, use_cache=False), images[:3], targets, chosen,
+                          context(references=refs), seed=5) for b in (1, 5, 64)]
+    for other in streamed[1:]:
+        np.testing.assert_array_equal(other, streamed[0])
+    if method in ("smoothgrad", "ig", "blur-ig"):   # the same points; Expected Gradients draws references and
+        np.testing.assert_allclose(streamed[0], whole, rtol=1e-5, atol=1e-6)
+    else:                   # positions per block, and 16-bit suppression draws come in pairs: other samples
+        assert np.isfinite(streamed[0]).all() and np.abs(streamed[0]).max() > 0
+
+
+def test_a_huge_sample_count_streams_instead_of_allocating(images):
+    """A billion samples would need terabytes at once; streamed, memory stays one block's and the runtime is
+    called block after block (stopped here after three calls)."""
+    runtime = GradientRuntime(toy_model(), max_batch=64, use_cache=False)
+    calls = []
+    original = runtime.class_gradients
+
+    def counted(x, c):
+        calls.append(len(x))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(x, c)
+
+    runtime.class_gradients = counted
+    with pytest.raises(KeyboardInterrupt):
+        explain(runtime, images[:1], "suppression", labels=0, context=context(), samples=10 ** 9)
+    assert calls == [64, 64, 64]
 
 
 def test_different_seeds_differ(toy, images):

@@ -24,7 +24,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from harness.store import LOCK_NAME, STORE_NAME
+from harness.store import APPLICATION_ID, LOCK_NAME, SCHEMA, SCHEMA_VERSION, STORE_NAME
 from test_cli import invoke, save, two_output_model, unsupported_op_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +63,18 @@ def _store(path: Path, application_id: int, user_version: int) -> None:
     connection.execute(f"PRAGMA application_id = {application_id}")
     connection.execute(f"PRAGMA user_version = {user_version}")
     connection.execute("CREATE TABLE theirs (a)")
+    connection.commit()
+    connection.close()
+
+
+def _our_store(path: Path, change: str) -> None:
+    """A store with the harness's marks and schema, then ``change``d: a crafted file that must not be opened
+    for writing."""
+    connection = sqlite3.connect(path)
+    connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    connection.executescript(SCHEMA)
+    connection.executescript(change)
     connection.commit()
     connection.close()
 
@@ -147,6 +159,38 @@ def f(tmp_path_factory) -> Path:
     connection = sqlite3.connect(root / "legacy_store" / STORE_NAME)    # schema 1: no application_id
     connection.executescript("CREATE TABLE results (a); CREATE TABLE arrays (a); CREATE TABLE facts (a);")
     connection.close()
+    for name, change in {"trigger_store": "CREATE TRIGGER t AFTER INSERT ON facts BEGIN DELETE FROM results; END",
+                         "view_store": "DROP TABLE runs; CREATE VIEW runs AS SELECT 1 AS id, 0.0 AS started, "
+                                       "'[]' AS selection",
+                         "missing_table_store": "DROP TABLE facts",
+                         "extra_column_store": "ALTER TABLE results ADD COLUMN note TEXT"}.items():
+        (root / name).mkdir()
+        _our_store(root / name / STORE_NAME, change)
+    # special files where a regular file is expected: reading a FIFO would block for ever
+    os.mkfifo(root / "fifo.card.json")
+    os.mkfifo(root / "fifo_labels.txt")
+    os.mkfifo(root / "fifo.png")
+    os.mkfifo(root / "fifo.npy")
+    os.mkfifo(root / "fifo.toml")
+    os.mkfifo(root / "fifo.csv")
+    # models whose names clash with the gradient model's own, or that declare unknown opsets
+    save(_tiny_model([helper.make_tensor_value_info("x", F, ["N", 3, 8, 8])],
+                     [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+                      helper.make_node("Flatten", ["pooled"], ["flat"]),
+                      helper.make_node("MatMul", ["flat", "w"], ["input_grad"])],
+                     [numpy_helper.from_array(np.ones((3, 4), np.float32), "w")]), root / "named_input_grad.onnx")
+    clash = onnx.load(str(root / "named_input_grad.onnx"))
+    clash.graph.output[0].name = "input_grad"
+    save(clash, root / "named_input_grad.onnx")
+    future = _image_classifier()
+    future.opset_import[0].version = 99
+    save(future, root / "opset99.onnx")
+    # numbers a sidecar or a configuration may carry that are not finite, or too large
+    (root / "nan_mean.card.json").write_text('{"mean": [NaN, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}')
+    (root / "nan_p.toml").write_text("[method_parameters.suppression]\np = nan\n")
+    (root / "inf_noise.toml").write_text("[method_parameters.smoothgrad]\nlevel = inf\n")
+    (root / "huge_seed.toml").write_text(f"seed = {2 ** 70}\n")
+    (root / "huge_images.toml").write_text("images = 1000000000\n")
     (root / "empty_store").mkdir()
     (root / "empty_store" / STORE_NAME).write_bytes(b"")
     (root / "store_folder" / STORE_NAME).mkdir(parents=True)
@@ -290,9 +334,48 @@ ROWS = [
     ("report-corrupt", ("report", "{f}/corrupt_store"), 2, ["not a harness results store"], []),
     ("report-foreign", ("report", "{f}/foreign_store"), 2, ["did not make"], []),
     ("report-other-schema", ("report", "{f}/old_store"), 2, ["schema 1"], []),
+    ("store-trigger", (*LEADERBOARD, "--out", "{f}/trigger_store"), 2, ["trigger_store", "not its schema", "trigger 't'"], []),
+    ("store-view", (*LEADERBOARD, "--out", "{f}/view_store"), 2, ["view_store", "view 'runs'", "missing", "table 'runs'"], []),
+    ("store-missing-table", (*LEADERBOARD, "--out", "{f}/missing_table_store"), 2, ["missing", "table 'facts'"], []),
+    ("store-extra-column", (*LEADERBOARD, "--out", "{f}/extra_column_store"), 2, ["other columns in table 'results'"], []),
+    ("report-trigger", ("report", "{f}/trigger_store"), 2, ["trigger 't'"], []),
+    # -- special files: refused, never read (a FIFO would block for ever) --------------------------------
+    ("card-fifo", ("gradgraph", "{f}/tiny.onnx", "--card", "{f}/fifo.card.json", "-o", "{out}/g.onnx"), 2, ["fifo.card.json", "FIFO", "not a regular file"], ["{out}"]),
+    ("labels-fifo", ("gradgraph", str(DIGITS), "--labels", "{f}/fifo_labels.txt", "-o", "{out}/g.onnx"), 2, ["fifo_labels.txt", "FIFO"], ["{out}"]),
+    ("image-fifo", (*EXPLAIN_OUT, "--image", "{f}/fifo.png"), 2, ["fifo.png", "FIFO"], ["{out}"]),
+    ("tensor-fifo", (*EXPLAIN_OUT, "--tensor", "{f}/fifo.npy"), 2, ["fifo.npy", "FIFO"], ["{out}"]),
+    ("mi-fifo", ("mi", "{f}/fifo.npy", "{f}/small.npy"), 2, ["fifo.npy", "FIFO"], []),
+    ("config-fifo", (*LEADERBOARD, "--config", "{f}/fifo.toml", "--out", "{out}"), 2, ["fifo.toml", "FIFO"], NO_STORE),
+    ("dataset-fifo", (*LEADERBOARD, "--dataset", "{f}/fifo.csv", "--out", "{out}"), 2, ["fifo.csv"], NO_STORE),
+    ("model-fifo", ("gradgraph", "{f}/fifo.npy", "-o", "{out}/g.onnx"), 2, ["fifo.npy", "not a file"], ["{out}"]),
+    # -- models the gradient model cannot be built for as they are ----------------------------------------
+    ("model-output-named-input-grad", ("gradgraph", "{f}/named_input_grad.onnx", "-o", "{out}/g.onnx"), 2, ["'input_grad'", "rename it"], ["{out}"]),
+    ("model-opset-99", ("gradgraph", "{f}/opset99.onnx", "-o", "{out}/g.onnx"), 2, ["ai.onnx 99", "newer than"], ["{out}"]),
+    ("inspect-opset-99", ("inspect", "{f}/opset99.onnx"), 2, ["ai.onnx 99"], []),
+    # -- numbers: finite, and within what the store and memory take -----------------------------------------
+    ("explain-seed-huge", (*EXPLAIN_OUT, "--tensor", "{f}/good.npy", "--seed", str(2 ** 70)), 2, ["--seed", "range"], ["{out}"]),
+    ("leaderboard-seed-huge", (*LEADERBOARD, "--seed", str(2 ** 70), "--out", "{out}"), 2, ["--seed"], NO_STORE),
+    ("check-seed-huge", ("check", str(DIGITS), "--seed", str(2 ** 70)), 2, ["--seed"], []),
+    ("config-seed-huge", (*LEADERBOARD, "--config", "{f}/huge_seed.toml", "--out", "{out}"), 2, ["seed", "over the limit"], NO_STORE),
+    ("config-images-huge", ("leaderboard", "--config", "{f}/huge_images.toml", "--models", "{f}/digits.onnx", "--methods", "vanilla", "--out", "{out}"), 2, ["images", "over the limit"], NO_STORE),
+    ("explain-samples-huge", (*EXPLAIN_OUT, "--tensor", "{f}/good.npy", "--samples", str(10 ** 15)), 2, ["--samples"], ["{out}"]),
+    ("explain-steps-huge", (*EXPLAIN_OUT[:4], "ig", "-o", "{out}/z.npy", "--tensor", "{f}/good.npy", "--steps", str(10 ** 9)), 2, ["--steps"], ["{out}"]),
+    ("leaderboard-images-huge", (*LEADERBOARD, "--images", str(10 ** 9), "--out", "{out}"), 2, ["--images"], NO_STORE),
+    ("check-images-huge", ("check", str(DIGITS), "--images", "100000"), 2, ["--images"], []),
+    ("explain-label-huge", (*EXPLAIN_OUT, "--tensor", "{f}/good.npy", "--label", str(2 ** 70)), 2, ["--label"], ["{out}"]),
+    ("explain-noise-nan", (*EXPLAIN_OUT[:4], "smoothgrad", "-o", "{out}/z.npy", "--tensor", "{f}/good.npy", "--noise", "nan"), 2, ["--noise", "'nan' is not a finite number"], ["{out}"]),
+    ("explain-noise-inf", (*EXPLAIN_OUT[:4], "smoothgrad", "-o", "{out}/z.npy", "--tensor", "{f}/good.npy", "--noise", "inf"), 2, ["--noise", "'inf'"], ["{out}"]),
+    ("explain-p-nan", (*EXPLAIN_OUT, "--tensor", "{f}/good.npy", "--p", "nan"), 2, ["--p", "'nan'"], ["{out}"]),
+    ("explain-mean-nan", ("explain", "--model", "{f}/tiny.onnx", "--image", "{f}/photo.png", "--mean", "nan", "--mean", "0", "--mean", "0", "--std", "1", "--std", "1", "--std", "1", "-o", "{out}/z.npy"), 2, ["--mean", "'nan'"], ["{out}"]),
+    ("explain-std-inf", ("explain", "--model", "{f}/tiny.onnx", "--image", "{f}/photo.png", "--mean", "0", "--mean", "0", "--mean", "0", "--std", "inf", "--std", "1", "--std", "1", "-o", "{out}/z.npy"), 2, ["--std", "'inf'"], ["{out}"]),
+    ("card-mean-nan", ("explain", "--model", "{f}/tiny.onnx", "--image", "{f}/photo.png", "--card", "{f}/nan_mean.card.json", "-o", "{out}/z.npy"), 2, ["mean values must be finite", "nan"], ["{out}"]),
+    ("check-tolerance-nan", ("check", str(DIGITS), "--tolerance", "nan"), 2, ["--tolerance"], []),
+    ("config-p-nan", ("leaderboard", "--config", "{f}/nan_p.toml", "--models", "{f}/digits.onnx", "--methods", "suppression", "--out", "{out}"), 2, ["p must be a finite number, got nan"], NO_STORE),
+    ("config-level-inf", ("leaderboard", "--config", "{f}/inf_noise.toml", "--models", "{f}/digits.onnx", "--methods", "smoothgrad", "--out", "{out}"), 2, ["level must be a finite number, got inf"], NO_STORE),
 ]
 
-STORES = ("corrupt_store", "foreign_store", "old_store", "legacy_store", "empty_store")
+STORES = ("corrupt_store", "foreign_store", "old_store", "legacy_store", "empty_store", "trigger_store", "view_store",
+          "missing_table_store", "extra_column_store")
 
 
 def _fill(value: str, f: Path, out: Path) -> str:
@@ -348,3 +431,17 @@ def test_a_warning_is_one_line_naming_the_file(f, tmp_path):
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert any("b0.png" in line for line in warnings), result.stderr
     assert ".py:" not in result.stderr and "warnings.warn" not in result.stderr
+
+
+def test_a_special_file_in_an_image_folder_is_skipped_with_the_reason(f, tmp_path):
+    """A FIFO named like an image is never opened for reading (that would block for ever): the run goes on
+    without it and says why."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"fine{i}.png")
+    os.mkfifo(folder / "pipe.png")
+    result = invoke(*[_fill(a, f, tmp_path / "run") for a in LEADERBOARD], "--dataset", folder,
+                    "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert any("pipe.png" in line and "FIFO" in line for line in result.stderr.splitlines()), result.stderr

@@ -26,6 +26,7 @@ import onnxruntime as ort
 import pytest
 
 from harness.gradients import GRAD_SEED, INPUT_GRAD, add_input_gradient
+from harness.feeding import ImageAdapter, feeding_layout
 from harness.model_card import read_card
 from harness.runtime import GradientRuntime
 from test_cli import invoke
@@ -152,8 +153,10 @@ def test_inspect_gradgraph_check_and_explain_end_to_end(name, tmp_path):
     card = report["model_card"]
     reference = golden(name)
     model = onnx.load(str(path))
-    runtime = GradientRuntime.from_card(model, read_card(model, path, sidecar=options[1] if options else None))
-    np.save(tmp_path / "x.npy", runtime.adapter.from_model(reference["inputs"][:1])[0])
+    card_read = read_card(model, path, sidecar=options[1] if options else None)
+    adapter = ImageAdapter.for_input(model, card_read.input_name, feeding_layout(model, card_read),
+                                     card_read.input_size)        # no sessions: the CLI commands hold theirs
+    np.save(tmp_path / "x.npy", adapter.from_model(reference["inputs"][:1])[0])
     assert card["input_size"] is not None
     for method, budget in (("ig", ("--steps", 4)), ("suppression", ("--samples", 4))):
         out = tmp_path / f"{method}.npy"

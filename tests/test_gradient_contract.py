@@ -478,3 +478,29 @@ def test_model_with_symbolic_image_size_serves_several_sizes(tmp_path):
         _, grads = runtime.class_gradients(x, np.array([0, 3, 7]))
         assert grads.shape == x.shape
         assert check_gradient(runtime, x).passed
+
+
+def test_inner_tensors_named_like_the_gradient_models_own_are_renamed():
+    """A model whose inner tensors are called grad_seed and input_grad gets them renamed (the gradient model's
+    interface keeps its names) and the gradient it would have had; a graph output of such a name is refused."""
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], [GRAD_SEED]),
+             helper.make_node("Flatten", [GRAD_SEED], [INPUT_GRAD]),
+             helper.make_node("MatMul", [INPUT_GRAD, "w"], ["scores"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", F, ["N", 3, 8, 8])],
+                       [helper.make_tensor_value_info("scores", F, ["N", 4])], [numpy_helper.from_array(w, "w")])
+    grad_model = add_input_gradient(model)
+    notes = next(p.value for p in grad_model.metadata_props if p.key == builder.NOTES_KEY)
+    assert "'grad_seed' -> 'grad_seed_model'" in notes and "'input_grad' -> 'input_grad_model'" in notes
+    x = np.random.default_rng(RNG_SEED).random((2, 3, 8, 8), dtype=np.float32)
+    seed = np.zeros((2, 4), np.float32)
+    seed[:, 1] = 1
+    grad = session(grad_model).run([INPUT_GRAD], {"x": x, GRAD_SEED: seed})[0]
+    np.testing.assert_allclose(grad, np.broadcast_to((w[:, 1] / 64)[None, :, None, None], x.shape), rtol=1e-6)
+    assert [o.name for o in model.graph.output] == ["scores"] and model.graph.node[0].output[0] == GRAD_SEED
+    model.graph.output[0].name = INPUT_GRAD
+    model.graph.node[2].output[0] = INPUT_GRAD
+    model.graph.node[1].output[0] = "flat"
+    model.graph.node[2].input[0] = "flat"
+    with pytest.raises(ModelSignatureError, match="'input_grad'.*rename it"):
+        add_input_gradient(model)

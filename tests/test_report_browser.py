@@ -18,6 +18,7 @@ from selenium.webdriver.chrome.service import Service
 
 from harness.leaderboard import RunConfig, run_leaderboard
 from harness.report import write_report
+from test_report_injection import HTML_PAYLOAD, hostile_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "exported_models" / "digits_cnn.onnx"
@@ -71,3 +72,16 @@ def test_the_page_renders_loads_every_image_and_leads_with_the_findings(tmp_path
     pixels = np.asarray(Image.open(shot).convert("L"), np.float64)
     assert pixels.shape[:2][::-1] == SCREEN or pixels.shape[1] >= SCREEN[0] * 0.9
     assert pixels.std() > 10                                            # text and figures, not a blank page
+
+
+def test_hostile_names_inject_no_element_and_run_no_script(tmp_path, browser, monkeypatch):
+    """Model names carrying an <img onerror> payload, a newline heading, a formula and escape sequences
+    (tests/test_report_injection.py) are text on the page: no handler runs, no element appears."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    page = hostile_run(tmp_path) / "leaderboard.html"
+    browser.get(page.as_uri())
+    state = browser.execute_script(
+        "return [window.pwned === undefined, document.querySelectorAll('[onerror]').length, "
+        "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0), document.body.innerText]")
+    assert state[0] and state[1] == 0 and state[2], state[:3]
+    assert HTML_PAYLOAD in state[3]            # shown as the text it is

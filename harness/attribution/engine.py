@@ -9,7 +9,8 @@ into runtime calls of at most ``runtime.max_batch`` rows, and at most ``group_ro
 Determinism: the draws of an image come from ``default_rng([seed, crc32(image bytes)])``, so the same image
 gets the same samples whatever the batch size, its position in the call, or the other images; and each
 (image, class) sums its samples' contributions in one reduction of a fixed shape, so the batch size does not
-change the order of that sum. Results are then bit-identical for every batch size wherever the runtime gives a
+change the order of that sum (an image of more than ``STREAMED_ROWS`` rows sums its blocks in turn, blocks of
+a fixed size). Results are then bit-identical for every batch size wherever the runtime gives a
 row the same gradient in any batch (every bundled model on ONNX Runtime's CPU provider; tested).
 """
 
@@ -25,6 +26,11 @@ from harness.attribution.gradcam import grad_cam
 from harness.attribution.samplers import Context, Sampler, SamplingError, image_rng, make_baseline
 from harness.errors import HarnessError
 from harness.runtime import Runtime
+
+# Rows (sample x class) of one image held at once where its samples are streamed: an image with more samples
+# than STREAMED_ROWS // K (for K classes) is computed block by block, whatever its count (a million samples
+# take long, not memory). A constant, so the blocks, hence the order of every sum, never depend on the batch.
+STREAMED_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,9 @@ def _sampled(runtime, x, targets, sampler: Sampler, aggregators: list[Aggregator
              progress) -> list[np.ndarray]:
     n, k = targets.shape
     per_image = sampler.count * k
+    block = max(1, STREAMED_ROWS // k)
+    if sampler.count > block:
+        return _streamed(runtime, x, targets, sampler, aggregators, context, seed, block, progress)
     group_rows = max(group_rows or 8 * runtime.max_batch, per_image)
     results = [np.zeros((n, k, *x.shape[1:]), np.float32) for _ in aggregators]
     images_per_group = max(1, group_rows // per_image)
@@ -126,7 +135,42 @@ def _attribute_group(runtime, x, targets, sampler: Sampler, aggregators: list[Ag
     # Row r = (image, sample, class), class fastest: the same sample point serves all classes of its image.
     point_index = np.repeat(np.arange(len(points)), k)
     classes = targets[start:stop][np.repeat(np.arange(stop - start), s * k), np.tile(np.arange(k), len(points))]
-    contributions = [np.empty((len(point_index), *x.shape[1:]), np.float32) for _ in aggregators]
+    contributions = _contributions(runtime, points, deltas, point_index, classes, k, aggregators)
+    # Each (image, class) sums its S rows in one reduction of a fixed shape, once all are in: how the rows were
+    # split into runtime calls (the batch size) cannot change the order of the sum, so neither the result.
+    for contribution, result in zip(contributions, results):
+        result[start:stop] += contribution.reshape(stop - start, s, k, *x.shape[1:]).sum(axis=1)
+
+
+def _streamed(runtime, x, targets, sampler: Sampler, aggregators: list[Aggregator], context, seed, block: int,
+              progress) -> list[np.ndarray]:
+    """Images whose samples exceed ``block`` (x their classes, ``STREAMED_ROWS`` rows) one at a time, their
+    samples drawn and reduced block by block (:meth:`Sampler.blocks`): memory stays that of one block whatever
+    the count; ``progress`` advances by each block's share of an image."""
+    n, k = targets.shape
+    needs_path = any(a.needs_path for a in aggregators)
+    results = [np.zeros((n, k, *x.shape[1:]), np.float32) for _ in aggregators]
+    for i in range(n):
+        for samples in sampler.blocks(x[i], image_rng(seed, x[i]), context, block):
+            points = samples.points.astype(np.float32, copy=False)
+            deltas = samples.deltas if needs_path else None
+            point_index = np.repeat(np.arange(len(points)), k)
+            classes = np.tile(targets[i], len(points))
+            contributions = _contributions(runtime, points, deltas, point_index, classes, k, aggregators)
+            for contribution, result in zip(contributions, results):
+                result[i] += contribution.reshape(len(points), k, *x.shape[1:]).sum(axis=0)
+            if progress is not None:
+                progress.update(len(points) / sampler.count)
+    for aggregator, result in zip(aggregators, results):
+        if aggregator.is_mean:
+            result /= sampler.count
+    return results
+
+
+def _contributions(runtime, points, deltas, point_index, classes, k: int, aggregators) -> list[np.ndarray]:
+    """Each aggregator's contribution of every row (point_index[r], classes[r]), in runtime calls of at most
+    ``runtime.max_batch`` rows."""
+    contributions = [np.empty((len(point_index), *points.shape[1:]), np.float32) for _ in aggregators]
     for lo in range(0, len(point_index), runtime.max_batch):
         rows = slice(lo, lo + runtime.max_batch)
         # With one class per image the rows are the points themselves: slice (a view), don't gather.
@@ -136,10 +180,7 @@ def _attribute_group(runtime, x, targets, sampler: Sampler, aggregators: list[Ag
             # contributions may work in place (abs, square): every aggregator but the last gets a copy
             mine = grads if j == len(aggregators) - 1 else grads.copy()
             contributions[j][rows] = aggregator.contribution(mine, None if deltas is None else deltas[take])
-    # Each (image, class) sums its S rows in one reduction of a fixed shape, once all are in: how the rows were
-    # split into runtime calls (the batch size) cannot change the order of the sum, so neither the result.
-    for contribution, result in zip(contributions, results):
-        result[start:stop] += contribution.reshape(stop - start, s, k, *x.shape[1:]).sum(axis=1)
+    return contributions
 
 
 def _adaptive(runtime, x, targets, method, context, seed) -> np.ndarray:

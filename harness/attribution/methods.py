@@ -4,6 +4,7 @@ the main paper compares sampling distributions on an equal footing."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -25,6 +26,9 @@ class NamedMethod:
 
 
 COUNT_PARAMETERS = ("samples", "steps")     # how many gradients a method takes: at least one
+# and at most: samples are streamed (any count takes time, not memory); a path's steps are laid out as arrays
+# of one number per step (Riemann points, blur levels), 80 MB at the limit.
+COUNT_LIMITS = {"samples": 2 ** 40, "steps": 10 ** 7}
 
 NAMED_METHODS = Registry("method", SamplingError, entries={
     "vanilla": NamedMethod("point", "mean", "the gradient at x (Simonyan et al. 2014)"),
@@ -72,6 +76,16 @@ def get_method(name: str, times_input: bool = False, **parameters) -> Method:
     if wrong:
         raise SamplingError(f"{name}: {', '.join(wrong)} must be a positive integer, got "
                             + ", ".join(f"{k} = {counts[k]!r}" for k in wrong))
+    too_many = sorted(k for k, v in counts.items() if v > COUNT_LIMITS[k])
+    if too_many:
+        raise SamplingError(f"{name}: " + ", ".join(f"{k} = {counts[k]:,} is over the limit of {COUNT_LIMITS[k]:,}"
+                                                    for k in too_many))
+    numbers = {k: v for k, v in given.items() if isinstance(v, float) or (isinstance(v, int) and
+                                                                           not isinstance(v, bool))}
+    infinite = sorted(k for k, v in numbers.items() if not math.isfinite(v))
+    if infinite:
+        raise SamplingError(f"{name}: " + ", ".join(f"{k} must be a finite number, got {numbers[k]!r}"
+                                                    for k in infinite))
     sampler = cls(**{**base, **given})
     label = name + ("×input" if times_input else "")
     return Method(label, sampler, aggregator, times_input)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -79,6 +79,19 @@ class Sampler:
         out = np.empty((self.count, *x.shape), np.float32)
         self.draw_into(x, rng, context, out)
         return Samples(out)
+
+    def blocks(self, x: np.ndarray, rng: np.random.Generator, context: Context, size: int) -> Iterator[Samples]:
+        """The samples of image ``x`` in consecutive blocks of at most ``size``, drawn in order from ``rng``, so
+        that an image's samples never need to be in memory at once (the engine streams a count beyond its
+        bound). A count of at most ``size`` is one block, :meth:`draw` itself. For a given count and size the
+        blocks are always the same."""
+        if self.count <= size:
+            yield self.draw(x, rng, context)
+            return
+        for start in range(0, self.count, size):
+            out = np.empty((min(size, self.count - start), *x.shape), np.float32)
+            self.draw_into(x, rng, context, out)
+            yield Samples(out)
 
 
 SAMPLERS = Registry("sampler", SamplingError)
@@ -160,7 +173,7 @@ class Suppression(Sampler):
         below round(p · 65536), so p is applied to within 1/65536."""
         fill = context.black_and_white("suppression with fill=black")[0] if self.fill == "black" else np.float32(0)
         threshold = int(round(self.p * 65536))
-        draws = rng.integers(0, 65536, (self.samples, 1, *x.shape[1:]), dtype=np.uint16)
+        draws = rng.integers(0, 65536, (len(out), 1, *x.shape[1:]), dtype=np.uint16)
         dropped = draws < threshold if threshold < 65536 else np.ones(draws.shape, bool)
         # x · keep + fill · drop: exact (x · 1 + 0 is x), and measured 3x faster than np.where / copyto.
         np.multiply(~dropped, x[None], out=out)
@@ -243,6 +256,19 @@ class Linear(Sampler):
         points = base[None] + alphas.astype(x.dtype)[:, None, None, None] * direction[None]
         return Samples(points, weights.astype(x.dtype)[:, None, None, None] * direction[None])
 
+    def blocks(self, x, rng, context, size):
+        """The path's points in blocks of at most ``size`` (one baseline for all of them)."""
+        if self.count <= size:
+            yield self.draw(x, rng, context)
+            return
+        base = make_baseline(self.baseline, x, rng, context, self.blur_sigma)
+        alphas, weights = riemann(self.steps, self.rule)
+        direction = x - base
+        for start in range(0, self.count, size):
+            part = slice(start, start + size)
+            yield Samples(base[None] + alphas[part].astype(x.dtype)[:, None, None, None] * direction[None],
+                          weights[part].astype(x.dtype)[:, None, None, None] * direction[None])
+
 
 @register
 @dataclass(frozen=True)
@@ -264,13 +290,22 @@ class Blur(Sampler):
 
     def draw(self, x, rng, context):
         """Images blurred from ``max_sigma`` down to 0 (Blur IG's path) and their increments."""
+        return self._points(x, 0, self.steps)
+
+    def blocks(self, x, rng, context, size):
+        """The blur path's points in blocks of at most ``size``."""
+        for start in range(0, self.count, size):
+            yield self._points(x, start, min(self.count, start + size))
+
+    def _points(self, x, start: int, stop: int) -> Samples:
+        """Points start..stop-1 of the blur path and their increments."""
         sigmas = np.arange(self.steps + 1) * self.max_sigma / self.steps
         if self.sqrt:
             sigmas = np.sqrt(sigmas)
-        points = np.stack([_blur(x, s) for s in sigmas[:-1]])
-        ahead = np.stack([_blur(x, s + self.grad_step) for s in sigmas[:-1]])
+        points = np.stack([_blur(x, s) for s in sigmas[start:stop]])
+        ahead = np.stack([_blur(x, s + self.grad_step) for s in sigmas[start:stop]])
         slope = (ahead - points) / self.grad_step
-        deltas = -np.diff(sigmas).astype(x.dtype)[:, None, None, None] * slope
+        deltas = -np.diff(sigmas)[start:stop].astype(x.dtype)[:, None, None, None] * slope
         return Samples(points, deltas.astype(x.dtype))
 
 
@@ -298,12 +333,20 @@ class Expected(Sampler):
     def draw(self, x, rng, context):
         """Points between drawn references and ``x`` at uniform positions (Expected Gradients) and their
         increments."""
+        return self._points(x, rng, context, self.samples)
+
+    def blocks(self, x, rng, context, size):
+        """Blocks of at most ``size`` points, each drawing its references and positions in turn."""
+        for start in range(0, self.count, size):
+            yield self._points(x, rng, context, min(size, self.count - start))
+
+    def _points(self, x, rng, context, count: int) -> Samples:
         if context.references is None or len(context.references) == 0:
             raise SamplingError("expected gradients needs reference images (baselines drawn from data)")
         if context.references.shape[1:] != x.shape:
             raise SamplingError(f"reference images {context.references.shape[1:]} do not match {x.shape}")
-        bases = context.references[rng.integers(len(context.references), size=self.samples)].astype(x.dtype)
-        alphas = rng.random(self.samples).astype(x.dtype)[:, None, None, None]
+        bases = context.references[rng.integers(len(context.references), size=count)].astype(x.dtype)
+        alphas = rng.random(count).astype(x.dtype)[:, None, None, None]
         direction = x[None] - bases
         return Samples(bases + alphas * direction, direction / np.float32(self.samples))
 

@@ -26,6 +26,7 @@ loader raises :class:`DataError`.
 from __future__ import annotations
 
 import csv
+import io
 import warnings
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from PIL import Image, ImageOps
 from harness import DEFAULT_SEED
 from harness.data.base import DataError, ImageSet, match_channels
 from harness.errors import DataWarning, SkippedFileWarning, SkippedImage
+from harness.files import open_regular, read_text
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 MAX_PIXELS = 10_000 * 10_000     # images with more pixels are skipped (decompression-bomb guard)
@@ -130,7 +132,7 @@ def read_image(file: str | Path, input_size, max_pixels: int = MAX_PIXELS) -> np
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with Image.open(file) as image:
+            with open_regular(file, "image file", SkippedImage) as handle, Image.open(handle) as image:
                 pixels = _decoded(image, height, width, max_pixels)
         except SkippedImage:
             raise
@@ -234,7 +236,8 @@ def _folder_entries(root: Path, label_names, extensions: set[str]):
     """(name, file, label) for a folder of class subfolders, or of unlabelled images; and the class names."""
     def images_in(folder: Path, recursive: bool):
         found = folder.rglob("*") if recursive else folder.iterdir()
-        return sorted(f for f in found if f.suffix.lower() in extensions and f.is_file()
+        return sorted(f for f in found if f.suffix.lower() in extensions and not f.is_dir()   # special files are
+                                                                                        # skipped, with why
                       and not any(part.startswith(".") for part in f.relative_to(root).parts))
 
     subfolders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -258,11 +261,12 @@ def _folder_entries(root: Path, label_names, extensions: set[str]):
 
 def _csv_entries(table: Path, label_names):
     """(name, file, label) for each row of a ``path,label`` CSV, and the class names."""
+    text = read_text(table, "CSV", DataError)
     try:
-        with open(table, newline="", encoding="utf-8-sig") as handle:
-            rows = [(number, [cell.strip() for cell in row]) for number, row in enumerate(csv.reader(handle), 1)
-                    if any(cell.strip() for cell in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        rows = [(number, [cell.strip() for cell in row])
+                for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1)
+                if any(cell.strip() for cell in row)]
+    except csv.Error as error:
         raise DataError(f"cannot read the CSV {table} ({error})") from None
     base = table.parent
     if rows:
@@ -284,7 +288,7 @@ def _csv_entries(table: Path, label_names):
             raise DataError(f"row {number} of {table} ({name},{label}) has label {label!r}, which is not one of "
                             f"the {len(classes)} labels ({_shown(classes)}) nor an index into them")
         file = base / name
-        if not file.is_file():
+        if not file.exists():
             warnings.warn(f"skipped {name}: row {number} of {table} names a file that does not exist",
                           SkippedFileWarning, stacklevel=3)
             continue

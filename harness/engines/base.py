@@ -10,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
+from harness.escaping import terminal_text
 from harness.registry import Registry
 
 ENGINES = Registry("engine", HarnessError)
@@ -70,7 +71,8 @@ def missing_units(model: str, method: str, image_keys, done, chunk: int) -> list
 def run_work(engine: Engine, work: Work, write: Callable[[Outcome], None], desc: str, quiet: bool) -> None:
     """Compute ``work``'s units on ``engine`` (not even starting it when there are none) and hand each outcome
     to ``write`` as it arrives, with a progress bar over the images."""
-    with tqdm(total=sum(len(unit.images) for unit in work.units), desc=desc, disable=quiet, unit="image") as bar:
+    with tqdm(total=sum(len(unit.images) for unit in work.units), desc=terminal_text(desc), disable=quiet,
+              unit="image") as bar:
         for outcome in (engine.run(work) if work.units else ()):
             write(outcome)
             bar.update(len(outcome.unit.images))

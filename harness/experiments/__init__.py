@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Callable
 
+from harness.escaping import csv_cell
 from harness.figures import save_figure
 from harness.onnx_io import write_atomically
 from harness.registry import Registry
@@ -54,7 +55,7 @@ def write_csv(path, rows: list[dict]):
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in rows)
     write_atomically(path, buffer.getvalue().encode())
     return Path(path)
 

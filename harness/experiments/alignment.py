@@ -17,6 +17,7 @@ from sklearn.decomposition import KernelPCA
 from tqdm.auto import tqdm
 
 from harness.attribution.samplers import Linear, Normal, Suppression, image_rng
+from harness.escaping import file_stem, terminal_text
 from harness.experiments import register, save_with_caption, write_csv
 from harness.figures import pyplot
 from harness.subject import ModelUnderTest, model_names
@@ -50,7 +51,7 @@ def run(config, quiet: bool = False) -> list[Path]:
 
         per_image = max(1, -(-PER_GROUP // len(model.x)))
         embeddings = {"natural": embed(model.x)}
-        for group, make in tqdm(sampler_groups().items(), desc=f"alignment {model.name}", disable=quiet):
+        for group, make in tqdm(sampler_groups().items(), desc=terminal_text(f"alignment {model.name}"), disable=quiet):
             sampler = make(per_image)
             points = np.concatenate([sampler.draw(x, image_rng(config.seed, x), model.context).points
                                      for x in model.x])[:PER_GROUP]
@@ -67,7 +68,7 @@ def run(config, quiet: bool = False) -> list[Path]:
                          "centre_distance_to_natural": float(np.linalg.norm(centres[group] - centres["natural"])),
                          "mean_cosine_to_natural_mean": float(cosine.mean())})
         written += _figure(model.name, projection, bounds, list(embeddings), centres,
-                           out / f"alignment-{model.name.replace('/', '-')}.png")
+                           out / f"alignment-{file_stem(model.name)}.png")
     csv_path = out / "alignment.csv"
     write_csv(csv_path, rows)
     return [csv_path, *written]

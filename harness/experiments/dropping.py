@@ -16,6 +16,7 @@ import numpy as np
 from scipy.special import softmax
 
 from harness.attribution.samplers import Suppression, image_rng
+from harness.escaping import file_stem
 from harness.experiments import register, save_with_caption, write_csv
 from harness.figures import pyplot
 from harness.subject import ModelUnderTest, model_names
@@ -45,7 +46,7 @@ def run(config, quiet: bool = False) -> list[Path]:
                          "accuracy": float((probabilities.argmax(1) == model.targets).mean()),
                          "images": len(points)})
         rows += mine
-        written += _figure(model, dropped, mine, out / f"dropping-{model.name.replace('/', '-')}.png")
+        written += _figure(model, dropped, mine, out / f"dropping-{file_stem(model.name)}.png")
     csv_path = write_csv(out / "dropping.csv", rows)
     return [csv_path, *written]
 

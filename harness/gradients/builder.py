@@ -22,6 +22,7 @@ from harness.gradients.context import (
     UnsupportedConfiguration,
     VJPContext,
 )
+from harness.gradients.folding import rename_node_tensors
 from harness.gradients.graph import STANDARD_DOMAINS, default_opset
 from harness.gradients.prepare import inferred_infos, prepare
 from harness.gradients.registry import NON_DIFFERENTIABLE, VJP_RULES, load_rules, rule_key
@@ -51,6 +52,9 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     rule; ``NoGradientPathError`` says where every path from the image to the output is cut.
     """
     load_rules()
+    taps = list(dict.fromkeys(taps))
+    model, renamed = _without_reserved_names(model, {GRAD_SEED, INPUT_GRAD, *(f"{tap}_grad" for tap in taps)})
+    taps = [renamed.get(tap, tap) for tap in taps]
     prepared = prepare(model, input=input, image_shape=image_shape)
     model, image, infos = prepared.model, prepared.image, prepared.infos
     graph = model.graph
@@ -58,7 +62,6 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     target, target_note = _target_output(graph, infos, output)
     if infos[target].dims is None:
         raise ModelSignatureError(f"the shape of output {target!r} is unknown, so grad_seed cannot be declared")
-    taps = list(dict.fromkeys(taps))
     for tap in taps:
         if tap not in infos:
             raise ModelSignatureError(f"tap {tap!r} is not a tensor of this model")
@@ -102,10 +105,49 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     # prove that a gradient and its activation match, e.g. to keep both in a blocked memory layout.
     graph.value_info.extend(_value_info(grad, infos[forward]) for grad, forward in backward.shaped_like.items()
                             if forward in infos and infos[forward].dims is not None)
-    notes = [*prepared.notes, *([target_note] if target_note else [])]
+    notes = [*([_renaming_note(renamed)] if renamed else []), *prepared.notes, *([target_note] if target_note else [])]
     _record(model, {TARGET_KEY: target, INPUT_KEY: image, NOTES_KEY: json.dumps(notes)})
     onnx.checker.check_model(model)
     return model
+
+
+def _without_reserved_names(model: onnx.ModelProto, reserved: set[str]) -> tuple[onnx.ModelProto, dict]:
+    """``model``, or a copy whose inner tensors that carry a name of the gradient model's own inputs and outputs
+    (``reserved``) are renamed; and the renaming. A graph input or output of such a name is refused: it is the
+    user's interface, and renaming it would change what the user refers to."""
+    graph = model.graph
+    interface = [v.name for v in [*graph.input, *graph.output] if v.name in reserved]
+    if interface:
+        raise ModelSignatureError(f"the model's own input or output {interface[0]!r} has a name that the gradient "
+                                  "model gives its own tensors (grad_seed, input_grad, <tap>_grad); rename it in "
+                                  "the model, or tap another tensor")
+    inner = {o for node in graph.node for o in node.output} | {t.name for t in graph.initializer}
+    clashes = sorted(inner & reserved)
+    if not clashes:
+        return model, {}
+    taken = _all_names(graph) | reserved
+    renamed = {}
+    for name in clashes:
+        fresh, counter = f"{name}_model", 1
+        while fresh in taken:
+            counter += 1
+            fresh = f"{name}_model_{counter}"
+        taken.add(fresh)
+        renamed[name] = fresh
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        rename_node_tensors(node, renamed)
+    for tensor in copy.graph.initializer:
+        tensor.name = renamed.get(tensor.name, tensor.name)
+    for info in copy.graph.value_info:
+        info.name = renamed.get(info.name, info.name)
+    return copy, renamed
+
+
+def _renaming_note(renamed: dict) -> str:
+    return ("the model's tensors " + ", ".join(f"{old!r} -> {new!r}" for old, new in renamed.items()) +
+            " were renamed: the gradient model's own inputs and outputs carry those names")
 
 
 def preparation_notes(model: onnx.ModelProto) -> list[str]:

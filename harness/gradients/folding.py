@@ -266,7 +266,7 @@ class _Folder:
         for inner in branch.node:
             copy = onnx.NodeProto()
             copy.CopyFrom(inner)
-            _rename(copy, rename)
+            rename_node_tensors(copy, rename)
             copy.name = f"{prefix}/{inner.name}" if inner.name else ""
             nodes.append(copy)
         for produced, wanted in zip(branch.output, node.output):
@@ -284,7 +284,7 @@ class _Folder:
         return name
 
 
-def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+def rename_node_tensors(node: onnx.NodeProto, rename: dict[str, str]) -> None:
     """Apply ``rename`` to the names a node reads and writes, its subgraphs' outer references included."""
     node.input[:] = [rename.get(i, i) for i in node.input]
     node.output[:] = [rename.get(o, o) for o in node.output]
