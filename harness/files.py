@@ -5,6 +5,7 @@ Every check names the path, the option it came from and the remedy, as a :class:
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
@@ -61,6 +62,21 @@ def read_text(path: str | Path, what: str, error: type[HarnessError] = HarnessEr
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as problem:
         raise error(f"the {what} {path} is not readable text ({problem})") from None
+
+
+def parse_json(text: str, what: str, error: type[HarnessError] = HarnessError):
+    """``text`` (the content of ``what``) as JSON; malformed or too deeply nested JSON is ``error``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as problem:
+        raise error(f"the {what} is not readable JSON ({problem})") from None
+    except RecursionError:
+        raise error(f"the {what} nests its JSON too deeply to be a configuration") from None
+
+
+def read_json(path: str | Path, what: str, error: type[HarnessError] = HarnessError, limit: int = MAX_TEXT_BYTES):
+    """The JSON value of a regular file of at most ``limit`` bytes (see :func:`read_text`)."""
+    return parse_json(read_text(path, what, error, limit), f"{what} {path}", error)
 
 
 def _existing_ancestor(path: Path) -> Path:

@@ -11,11 +11,11 @@ before it is used; anything else is a ModelCardError naming the file.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from harness.errors import ModelCardError
+from harness.files import read_json
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 MODEL_CONFIG = "config.json"
@@ -65,14 +65,7 @@ def _read(path: Path, markers: tuple[str, ...]) -> dict | None:
     without any of ``markers``)."""
     if not path.exists() and not path.is_symlink():
         return None
-    if not path.is_file():
-        raise ModelCardError(f"{path} is not a regular file; a Hugging Face config must be one")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelCardError(f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; it is not a Hugging Face config")
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelCardError(f"{path} is not readable JSON ({error})") from None
+    value = read_json(path, "Hugging Face config", ModelCardError, MAX_CONFIG_BYTES)
     if not isinstance(value, dict):
         raise ModelCardError(f"{path} must hold a JSON object")
     return value if any(key in value for key in markers) else None

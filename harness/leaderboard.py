@@ -57,6 +57,8 @@ class RunConfig:
                 values = tomllib.loads(text)
             except tomllib.TOMLDecodeError as error:
                 raise HarnessError(f"cannot read the run configuration {path} ({error})") from None
+            except RecursionError:
+                raise HarnessError(f"the run configuration {path} nests too deeply to be read") from None
             unknown = sorted(set(values) - {f.name for f in fields(cls)})
             if unknown:
                 raise HarnessError(f"{path}: unknown keys {', '.join(unknown)}; known: "

@@ -32,7 +32,7 @@ import onnx
 
 from harness.data.base import Preprocessing
 from harness.errors import ModelCardError
-from harness.files import read_text
+from harness.files import read_json, read_text
 from harness.gradients.graph import declared_dims, image_inputs
 from harness.hf_config import hugging_face_facts
 
@@ -165,7 +165,7 @@ def _metadata_facts(model: onnx.ModelProto, model_dir: Path) -> dict:
     for prop in model.metadata_props:
         try:
             facts[prop.key] = json.loads(prop.value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):     # plain text, or JSON too deep to be a fact
             facts[prop.key] = prop.value
     return _resolve_labels_file(facts, model_dir, confined=True)
 
@@ -274,11 +274,7 @@ def _resolve_labels_file(facts: dict, base: Path, confined: bool) -> dict:
 
 
 def _read_sidecar(path: Path) -> dict:
-    text = read_text(path, "model card sidecar", ModelCardError)
-    try:
-        facts = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ModelCardError(f"the model card sidecar {path} is not readable JSON ({error})") from None
+    facts = read_json(path, "model card sidecar", ModelCardError)
     if not isinstance(facts, dict):
         raise ModelCardError(f"the model card sidecar {path} must hold a JSON object")
     return facts

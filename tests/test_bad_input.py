@@ -191,6 +191,8 @@ def f(tmp_path_factory) -> Path:
     (root / "inf_noise.toml").write_text("[method_parameters.smoothgrad]\nlevel = inf\n")
     (root / "huge_seed.toml").write_text(f"seed = {2 ** 70}\n")
     (root / "huge_images.toml").write_text("images = 1000000000\n")
+    (root / "deep.card.json").write_text("[" * 100_000 + "]" * 100_000)      # nested past Python's recursion
+    (root / "deep.toml").write_text("images = " + "[" * 100_000 + "]" * 100_000 + "\n")
     (root / "empty_store").mkdir()
     (root / "empty_store" / STORE_NAME).write_bytes(b"")
     (root / "store_folder" / STORE_NAME).mkdir(parents=True)
@@ -368,6 +370,8 @@ ROWS = [
     ("explain-p-nan", (*EXPLAIN_OUT, "--tensor", "{f}/good.npy", "--p", "nan"), 2, ["--p", "'nan'"], ["{out}"]),
     ("explain-mean-nan", ("explain", "--model", "{f}/tiny.onnx", "--image", "{f}/photo.png", "--mean", "nan", "--mean", "0", "--mean", "0", "--std", "1", "--std", "1", "--std", "1", "-o", "{out}/z.npy"), 2, ["--mean", "'nan'"], ["{out}"]),
     ("explain-std-inf", ("explain", "--model", "{f}/tiny.onnx", "--image", "{f}/photo.png", "--mean", "0", "--mean", "0", "--mean", "0", "--std", "inf", "--std", "1", "--std", "1", "-o", "{out}/z.npy"), 2, ["--std", "'inf'"], ["{out}"]),
+    ("card-deep-json", ("gradgraph", "{f}/tiny.onnx", "--card", "{f}/deep.card.json", "-o", "{out}/g.onnx"), 2, ["deep.card.json", "too deeply"], ["{out}"]),
+    ("config-deep-toml", (*LEADERBOARD, "--config", "{f}/deep.toml", "--out", "{out}"), 2, ["deep.toml", "too deeply"], NO_STORE),
     ("card-mean-nan", ("explain", "--model", "{f}/tiny.onnx", "--image", "{f}/photo.png", "--card", "{f}/nan_mean.card.json", "-o", "{out}/z.npy"), 2, ["mean values must be finite", "nan"], ["{out}"]),
     ("check-tolerance-nan", ("check", str(DIGITS), "--tolerance", "nan"), 2, ["--tolerance"], []),
     ("config-p-nan", ("leaderboard", "--config", "{f}/nan_p.toml", "--models", "{f}/digits.onnx", "--methods", "suppression", "--out", "{out}"), 2, ["p must be a finite number, got nan"], NO_STORE),
