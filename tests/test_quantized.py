@@ -210,15 +210,18 @@ def test_a_pair_whose_zero_points_differ_is_refused_naming_the_node():
 
 # -- the estimator's finite-difference cases ----------------------------------------------------------------
 # (the pair's element type, per-axis scales, ONNX Runtime's own pair, zero point): FD of the clipped shadow.
+# (..., opset): int4 and uint4 pairs exist from opset 21.
 ESTIMATOR_CASES = {
-    "int8-per-tensor": ("ai.harness::FakeQuantize", TensorProto.INT8, False, 3),
-    "uint8-per-axis": ("ai.harness::FakeQuantize", TensorProto.UINT8, True, 128),
-    "uint8-relu-folded": ("ai.harness::FakeQuantize", TensorProto.UINT8, False, 0),
-    "int16-contrib": ("ai.harness::FakeQuantizeContrib", TensorProto.INT16, False, -7),
-    "uint16-contrib-per-axis": ("ai.harness::FakeQuantizeContrib", TensorProto.UINT16, True, 30000),
+    "int8-per-tensor": ("ai.harness::FakeQuantize", TensorProto.INT8, False, 3, 17),
+    "uint8-per-axis": ("ai.harness::FakeQuantize", TensorProto.UINT8, True, 128, 17),
+    "uint8-relu-folded": ("ai.harness::FakeQuantize", TensorProto.UINT8, False, 0, 17),
+    "int16-contrib": ("ai.harness::FakeQuantizeContrib", TensorProto.INT16, False, -7, 17),
+    "uint16-contrib-per-axis": ("ai.harness::FakeQuantizeContrib", TensorProto.UINT16, True, 30000, 17),
+    "int4-per-tensor": ("ai.harness::FakeQuantize", TensorProto.INT4, False, 1, 21),
+    "uint4-per-axis": ("ai.harness::FakeQuantize", TensorProto.UINT4, True, 3, 21),
 }
 RANGES = {TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255), TensorProto.INT16: (-32768, 32767),
-          TensorProto.UINT16: (0, 65535)}
+          TensorProto.UINT16: (0, 65535), TensorProto.INT4: (-8, 7), TensorProto.UINT4: (0, 15)}
 
 
 @pytest.mark.parametrize("case", sorted(ESTIMATOR_CASES))
@@ -226,18 +229,17 @@ def test_the_estimator_matches_finite_differences_of_its_clipped_shadow(case):
     """For y = DQ(Q(x)) on [N, C, 5] with scales s (per tensor, or per channel C), the gradient is that of
     Clip(x, (qmin − z) s, (qmax − z) s): float64 central differences of that function, at inputs drawn away
     from the bounds and on both sides of them."""
-    op_type, element, per_axis, zero = ESTIMATOR_CASES[case]
+    op_type, element, per_axis, zero, opset = ESTIMATOR_CASES[case]
     domain = "com.microsoft" if op_type.endswith("Contrib") else ""
     channels = 3
     scale = np.array([0.02, 0.05, 0.1], np.float32) if per_axis else np.array(0.05, np.float32)
-    dtype = helper.tensor_dtype_to_np_dtype(element)
-    zero_point = np.full(scale.shape, zero, dtype)
-    initializers = [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(zero_point, "z")]
+    zero_point = helper.make_tensor("z", element, list(scale.shape), [zero] * scale.size)
+    initializers = [numpy_helper.from_array(scale, "s"), zero_point]
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1, domain=domain),
              helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1, domain=domain)]
     graph = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 5])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, 5])], initializers)
-    imports = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.microsoft", 1)] if domain else [])
+    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid("com.microsoft", 1)] if domain else [])
     model = helper.make_model(graph, opset_imports=imports, ir_version=10)
     grad_model = add_input_gradient(model)
     assert op_type.split("::")[1] in {n.op_type for n in grad_model.graph.node}
