@@ -109,8 +109,43 @@ def conv(ctx: VJPContext) -> None:
         ctx.set_grad(0, ctx.op("Conv", ctx.grad_output(0), flipped, group=group, dilations=dilations,
                                pads=adjoint_pads, kernel_shape=kernel))
         return
+    if (weights is not None and group > 1 and len(kernel) == 2 and output_size is not None
+            and input_size is not None):
+        dilated = _strided_adjoint_pads(kernel, strides, dilations, pad_begin, output_size, input_size)
+        if dilated is not None:
+            # A strided grouped (depthwise) Conv: its ConvTranspose runs one group at a time in ONNX Runtime.
+            # Zeros inserted between the gradient's positions, then the stride-1 adjoint: one depthwise Conv.
+            flipped = ctx.emit.const(adjoint_kernel(weights, group), ctx.emit.elem_type(w))
+            spread = _insert_zeros(ctx, ctx.grad_output(0), strides, output_size, weight_dims[0])
+            ctx.set_grad(0, ctx.op("Conv", spread, flipped, group=group, dilations=dilations, pads=dilated,
+                                   kernel_shape=kernel))
+            return
     ctx.set_grad(0, transpose_to_size(ctx, ctx.grad_output(0), w, group, kernel, strides,
                                       dilations, pad_begin, output_size, input_size))
+
+
+def _strided_adjoint_pads(kernel, strides, dilations, pad_begin, output_size, input_size) -> list[int] | None:
+    """Pads of the stride-1 Conv that maps the zero-inserted gradient (``(Lo - 1) s + 1`` positions per axis,
+    written as ``Lo s`` with the trailing s - 1 zeros) onto exactly the input's positions; None where one
+    would be negative (a crop: the ConvTranspose path then serves)."""
+    begins, ends = [], []
+    for k, s, d, pb, lo, size in zip(kernel, strides, dilations, pad_begin, output_size, input_size):
+        begin = d * (k - 1) - pb
+        end = size - lo * s + pb
+        if begin < 0 or end < 0:
+            return None
+        begins.append(begin)
+        ends.append(end)
+    return begins + ends
+
+
+def _insert_zeros(ctx: VJPContext, grad: str, strides, output_size, channels: int) -> str:
+    """[N, M, Ho, Wo] -> [N, M, Ho sh, Wo sw] with g[n, m, i, j] at (i sh, j sw) and zeros elsewhere: a reshape,
+    a zero pad of the inserted axes and a reshape back."""
+    (sh, sw), (ho, wo) = strides, output_size
+    grad = ctx.op("Reshape", grad, ctx.emit.ints([-1, channels, ho, 1, wo, 1]))
+    grad = ctx.op("Pad", grad, ctx.emit.ints([0, 0, 0, 0, 0, 0, 0, 0, 0, sh - 1, 0, sw - 1]))
+    return ctx.op("Reshape", grad, ctx.emit.ints([-1, channels, ho * sh, wo * sw]))
 
 
 def adjoint_kernel(weights: np.ndarray, group: int) -> np.ndarray:
