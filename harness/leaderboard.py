@@ -178,6 +178,8 @@ def run_leaderboard(config: RunConfig, quiet: bool = False, engine: Engine | Non
     run_dir = Path(config.out)
     with ResultsStore(run_dir) as store:    # a store that is not ours, or another run's, is refused first
         models = {name: ModelUnderTest.from_config(path, config, name) for path, name in zip(config.models, names)}
+        for name, model in models.items():
+            model.check_methods(plans[name][0].values())
         selection = [{"model": model.name, "model_key": model.key, "method": method_name,
                       "parameters": plans[model.name][1][method_name], "seed": config.seed,
                       "images": dict(zip(model.image_keys, model.data.names))}

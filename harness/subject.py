@@ -18,6 +18,7 @@ import numpy as np
 
 from harness import DEFAULT_SEED
 from harness.attribution import Context, attribute, labels_or_predictions
+from harness.attribution.gradcam import guess_cam_layer
 from harness.data import DATASETS, SHARED_PREFIX, ImageSet, load_dataset
 from harness.errors import HarnessError
 from harness.metrics.randomisation import random_logit_attributions
@@ -155,6 +156,31 @@ class ModelUnderTest:
                                          provider=self.provider,
                                          exposed=[self.card.embedding] if self.expose_embedding else [])
 
+    @functools.cached_property
+    def cam_layer(self) -> str:
+        """The feature map that layer methods (Grad-CAM) tap: the input of the graph's last global pooling."""
+        try:
+            return guess_cam_layer(self.proto)
+        except HarnessError as error:
+            raise HarnessError(f"{self.name}: Grad-CAM cannot run in a leaderboard here: {error} (a run takes the "
+                               "layer from the graph; `harness explain --layer` names one)") from None
+
+    @functools.cached_property
+    def layer_runtime(self) -> GradientRuntime:
+        """The gradient runtime that also taps :attr:`cam_layer` (built at the first use of a layer method)."""
+        return GradientRuntime.from_card(self.proto, self.card, max_batch=self.batch_size, threads=self.threads,
+                                         provider=self.provider, taps=(self.cam_layer,),
+                                         exposed=[self.card.embedding] if self.expose_embedding else [])
+
+    def runtime_for(self, method) -> GradientRuntime:
+        """The runtime that computes ``method``: the tapped one for a layer method, else :attr:`runtime`."""
+        return self.layer_runtime if method.aggregator.on_layer else self.runtime
+
+    def check_methods(self, methods) -> None:
+        """Refuse, before any work, a method this model cannot compute (a layer method with no layer to tap)."""
+        if any(method.aggregator.on_layer for method in methods):
+            self.cam_layer
+
     def spec(self) -> dict:
         """The arguments that build this model again elsewhere (an engine's worker): the same file, card,
         dataset, images and seed (paths made absolute), hence the same key and image keys."""
@@ -207,7 +233,7 @@ class ModelUnderTest:
         """Attributions of the chunk, each metric per image, the gallery maps among them, and the seconds the
         attributions took (runtime and sampling; the runtime is built before the clock starts)."""
         x, targets = self.x[chunk], self.targets[chunk]
-        runtime, context = self.runtime, self.context
+        runtime, context = self.runtime_for(method), self.context
         started = time.perf_counter()
         attributions = attribute(runtime, x, targets[:, None], method, context, self.seed)[:, 0]
         seconds = time.perf_counter() - started
@@ -217,12 +243,12 @@ class ModelUnderTest:
             raise HarnessError(f"{self.name}/{method.name}: the attributions of {len(names)} image(s) hold NaN or "
                                f"infinite values ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); "
                                "nothing of this chunk was stored")
-        inputs = {"images": x, "attributions": attributions, "labels": targets, "runtime": self.runtime,
+        inputs = {"images": x, "attributions": attributions, "labels": targets, "runtime": runtime,
                   "card": self.card,
                   "masks": None if self.data.masks is None else self.data.masks[chunk],
                   "segments": None if self.data.segments is None else self.data.segments[chunk]}
         if any("other_attributions" in metric.needs for metric in metrics.values()):
-            inputs["other_attributions"] = random_logit_attributions(self.runtime, x, targets, method, self.context,
+            inputs["other_attributions"] = random_logit_attributions(runtime, x, targets, method, self.context,
                                                                      self.seed)[0]
         scores = {name: metric(**inputs) for name, metric in metrics.items()}
         values = {(self.image_keys[i], self.data.names[i]): {name: float(s[j]) for name, s in scores.items()}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.errors import HarnessError
 from harness.leaderboard import RunConfig, run_leaderboard
 from harness.report import NORMALISED_MI, leaderboard_tables, selected_rows, write_report
 from harness.store import STORE_NAME, ResultsStore
@@ -315,3 +316,20 @@ def test_per_model_settings_are_checked_before_any_work(tmp_path, settings, mess
     with pytest.raises(HarnessError, match=message):
         run_leaderboard(RunConfig.load(path), quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_grad_cam_runs_in_a_leaderboard_on_the_graphs_last_feature_map(tmp_path, monkeypatch):
+    """A leaderboard taps each model's last global pooling input for Grad-CAM (its maps are one channel, scored
+    like every other method's); a model without one is refused before any work, naming it."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    config = RunConfig.load(None, models=[str(DIGITS)], methods=["grad-cam", "vanilla"], metrics=["mi"], images=2,
+                            out=str(tmp_path / "run"))
+    run_leaderboard(config, quiet=True)
+    with ResultsStore(tmp_path / "run", writable=False) as store:
+        values = {row["method"]: row["value"] for row in store.rows()}
+    assert set(values) == {"grad-cam", "vanilla"} and np.isfinite(values["grad-cam"])
+    vit = RunConfig.load(None, models=[str(ROOT / "exported_models" / "shapes_vit.onnx")], methods=["grad-cam"],
+                         images=2, out=str(tmp_path / "vit"))
+    with pytest.raises(HarnessError, match="shapes_vit: Grad-CAM cannot run in a leaderboard"):
+        run_leaderboard(vit, quiet=True)
+    assert not (tmp_path / "vit").exists()
