@@ -35,7 +35,7 @@ from harness.gradients import add_input_gradient  # noqa: E402
 from harness.model_card import read_card  # noqa: E402
 from harness.onnx_io import load_model  # noqa: E402
 from harness.feeding import build_gradient_model  # noqa: E402
-from harness.runtime import inference_session  # noqa: E402
+from harness.sessions import inference_session  # noqa: E402
 
 
 def session(model: onnx.ModelProto, threads: int, profile: str | None = None,

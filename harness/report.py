@@ -15,11 +15,7 @@ from harness.figures import figure_5, gallery, protocol_chart
 from harness.onnx_io import write_atomically
 from harness.render import render_csv, render_html, render_json, render_markdown
 from harness.store import ResultsStore
-from harness.tables import (MI, NORMALISED_MI, REFERENCE, Cell, bootstrap, leaderboard_tables, method_seconds,
-                            selected_rows)
-
-__all__ = ["MI", "NORMALISED_MI", "REFERENCE", "Cell", "bootstrap", "leaderboard_tables", "render_csv",
-           "render_html", "render_json", "render_markdown", "selected_rows", "write_report"]
+from harness.tables import leaderboard_tables, method_seconds, selected_rows
 
 FINGERPRINT = ".leaderboard.fingerprint"
 OUTPUTS = ("leaderboard.md", "leaderboard.html", "leaderboard.csv", "leaderboard.json")

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from harness.cache import cache_dir, cached_gradient_model, pass_fingerprint
+from harness.cache import cached_gradient_model
 from harness.errors import HarnessError
 from harness.feeding import ImageAdapter, feeding_layout
 from harness.gradients import GRAD_SEED, INPUT_GRAD
@@ -30,16 +30,10 @@ from harness.gradients.half import float32_edges, is_half_precision
 from harness.gradients.qoperator import row_coupling_ops
 from harness.gradients.prepare import PreparedModel, prepare
 from harness.onnx_io import load_model, runnable, weight_bytes
-from harness.sessions import (CPU, CUDA, choose_providers, cuda_driver_present, inference_session,
-                               inference_sessions, run_bound,
-                               session_device, stream_plan, unsound_optimizers, use_io_binding)
+from harness.sessions import (choose_providers, inference_sessions, run_bound, session_device, stream_plan,
+                               use_io_binding)
 
 log = logging.getLogger("harness")
-
-# The cache and the session helpers lived here; their names stay importable from this module.
-__all__ = ["CPU", "CUDA", "DEFAULT_MAX_BATCH", "GradientRuntime", "ModelSignature", "Runtime", "cache_dir",
-           "choose_providers", "cuda_driver_present", "forward_model", "inference_session", "pass_fingerprint",
-           "unsound_optimizers"]
 
 DEFAULT_MAX_BATCH = 32
 IMAGE_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}

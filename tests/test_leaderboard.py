@@ -17,8 +17,9 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.leaderboard import RunConfig, run_leaderboard
-from harness.report import NORMALISED_MI, leaderboard_tables, selected_rows, write_report
+from harness.report import write_report
 from harness.store import STORE_NAME, ResultsStore
+from harness.tables import NORMALISED_MI, leaderboard_tables, selected_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = str(ROOT / "exported_models" / "shapes_resnet.onnx")

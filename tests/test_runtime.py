@@ -13,12 +13,13 @@ import pytest
 import harness.cache as cache_module
 import harness.runtime as runtime_module
 import harness.sessions as sessions_module
+from harness.cache import cache_dir
 from harness.errors import HarnessError
 from harness.gradcheck import check_gradient
 from harness.model_card import read_card
 from harness.onnx_io import load_model
-from harness.runtime import CPU, CUDA, GradientRuntime, cache_dir, choose_providers
-from harness.sessions import session_device, use_io_binding
+from harness.runtime import GradientRuntime
+from harness.sessions import CPU, CUDA, choose_providers, session_device, use_io_binding
 
 DIGITS = Path(__file__).resolve().parents[1] / "exported_models" / "digits_cnn.onnx"
 TAP = "/features/features.6/Relu_output_0"

@@ -49,7 +49,6 @@ def channel_maps(attributions: np.ndarray) -> np.ndarray:
     raise HarnessError(f"attributions must be [N, C, H, W] or [N, H, W], got shape {list(a.shape)}")
 
 
-saliency_maps = channel_maps    # the old name (deprecated)
 
 
 def _checked_masks(masks: np.ndarray, maps: np.ndarray, what: str = "masks") -> np.ndarray:
