@@ -62,7 +62,7 @@ def gallery(store, run_dir: Path, scheme: str = "auto") -> dict[str, dict]:
         name = chosen["images"][image_key]
         maps[chosen["model"]][name][method] = array
         keys[(chosen["model"], name)] = (model_key, image_key)
-        cards[chosen["model"]] = (store.fact(f"model:{model_key}") or {}).get("card", {})
+        cards[chosen["model"]] = store.model_facts(model_key).get("card", {})
     written = {}
     configured = list(dict.fromkeys(s["method"] for s in selection))
     for model, per_image in maps.items():

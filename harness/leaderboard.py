@@ -9,7 +9,6 @@ resumes where it stopped, never duplicates a row, and never reuses a row of anot
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -17,13 +16,14 @@ from pathlib import Path
 
 from harness import DEFAULT_SEED, MAX_BATCH, MAX_IMAGES, MAX_SEED
 from harness.attribution import get_method
-from harness.attribution.methods import COUNT_LIMITS, describe
+from harness.attribution.methods import COUNT_LIMITS
 from harness.bundled import bundled_models
-from harness.engines import Engine, LocalEngine, Outcome, Work, missing_units, run_work
+from harness.engines import Engine, LocalEngine, Outcome
 from harness.errors import HarnessError
 from harness.files import read_text
 from harness.metrics import get_metric, metric_names
-from harness.store import ResultsStore, canonical, seconds_key
+from harness.resumable import RunWriter, missing_work, plan_methods, run_resumable, selection
+from harness.store import ResultsStore, seconds_key
 from harness.subject import ModelUnderTest, model_names
 
 DEFAULT_METHODS = ("vanilla", "smoothgrad", "ig", "guided-ig", "suppression", "blur-ig", "expected-gradients")
@@ -156,10 +156,9 @@ def _check_types(values: dict, path: str) -> None:
         raise HarnessError(f"{path}: {key} must be {what}, got {value!r}")
 
 
-def _method_plan(config: RunConfig) -> tuple[dict, dict]:
-    """A model's methods ({name: Method}) and their canonical parameters ({name: JSON}) under ``config``."""
-    methods = {name: get_method(name, **config.method_parameters.get(name, {})) for name in config.methods}
-    return methods, {name: canonical(describe(method)) for name, method in methods.items()}
+def _methods(config: RunConfig) -> dict:
+    """A model's methods under ``config``: {name: (name, Method)} (each stored under its own name)."""
+    return {name: (name, get_method(name, **config.method_parameters.get(name, {}))) for name in config.methods}
 
 
 def run_leaderboard(config: RunConfig, quiet: bool = False, engine: Engine | None = None) -> Path:
@@ -168,76 +167,47 @@ def run_leaderboard(config: RunConfig, quiet: bool = False, engine: Engine | Non
     Every model is read and its images made before anything is written, so bad input is refused before any
     work; a model's runtime is built only when some of its results are missing, so a rerun of a finished run
     costs seconds. ``engine`` computes the missing units (default: :class:`harness.engines.LocalEngine`); this
-    process alone writes the store, as each unit's outcome arrives."""
-    engine = engine or LocalEngine()
+    process alone writes the store, as each unit's outcome arrives (:mod:`harness.resumable`)."""
     names = model_names(config.models)
-    config.check_model_names(names)
-    plans = {name: _method_plan(config.for_model(name)) for name in names}   # {model: (methods, parameters)}
+    plans = plan_methods(config, names, _methods)
     metrics = {name: {metric: get_metric(metric) for metric in (config.for_model(name).metrics or metric_names())}
                for name in names}
     run_dir = Path(config.out)
     with ResultsStore(run_dir) as store:    # a store that is not ours, or another run's, is refused first
         models = {name: ModelUnderTest.from_config(path, config, name) for path, name in zip(config.models, names)}
         for name, model in models.items():
-            model.check_methods(plans[name][0].values())
-        selection = [{"model": model.name, "model_key": model.key, "method": method_name,
-                      "parameters": plans[model.name][1][method_name], "seed": config.seed,
-                      "images": dict(zip(model.image_keys, model.data.names))}
-                     for model in models.values() for method_name in plans[model.name][0]]
-        work = Work(models, {name: plans[name][0] for name in names}, {}, [])
-        for model in models.values():
-            methods, parameters = plans[model.name]
-            applicable = [k for k, m in metrics[model.name].items() if model.can_compute(m)]
-            work.metrics[model.name] = applicable
-            done = {name: store.done(model.key, name, parameters[name], config.seed, applicable)
-                    for name in methods}      # one query per method, not one per image
-            for name in methods:
-                work.units += missing_units(model.name, name, model.image_keys, done[name], config.chunk)
-        writer = _StoreWriter(store, config, selection, models, {name: plans[name][1] for name in names})
-        run_work(engine, work, writer.write, "leaderboard", quiet)
-        if store.exists:                    # nothing was missing: the run still asked for these rows
-            writer.record_run()
+            model.check_methods(p.method for p in plans[name].values())
+        applicable = {name: [k for k, m in metrics[name].items() if model.can_compute(m)]
+                      for name, model in models.items()}
+        work = missing_work(store, models, plans, applicable, config.seed, config.chunk)
+        writer = _StoreWriter(store, config, selection(models, plans, config.seed), models, plans)
+        run_resumable(engine or LocalEngine(), work, writer, "leaderboard", quiet)
     return run_dir
 
 
-class _StoreWriter:
+class _StoreWriter(RunWriter):
     """Writes outcomes into the store, each in one transaction: the run's selection and the model's facts and
     gallery inputs with its first rows, then the rows, the attribution time and the gallery maps."""
 
-    def __init__(self, store: ResultsStore, config: RunConfig, selection: list[dict], models: dict,
-                 parameters: dict):
-        self.store, self.config, self.selection = store, config, selection
-        self.models, self.parameters = models, parameters
-        self.recorded, self.introduced = False, set()
+    def __init__(self, store: ResultsStore, config: RunConfig, asked: list[dict], models: dict, plans: dict):
+        super().__init__(store, asked, {"config": config.as_dict()})
+        self.config, self.models, self.plans = config, models, plans
+        self.introduced = set()
 
-    def record_run(self) -> None:
-        """Record what the run asked for, once, unless the latest run asked the same (own transaction)."""
-        if self.recorded:
-            return
-        with self.store.transaction():
-            self._record()
-
-    def _record(self) -> None:
-        if not self.recorded and self.store.latest_run() != json.loads(json.dumps(self.selection, sort_keys=True)):
-            self.store.set_fact("config", self.config.as_dict())
-            self.store.add_run(self.selection)
-        self.recorded = True
-
-    def write(self, outcome: Outcome) -> None:
-        """Store one unit's outcome."""
+    def store_outcome(self, outcome: Outcome) -> None:
+        """One unit's rows, its attribution time and gallery maps (and, with a model's first rows, its facts and
+        gallery inputs)."""
         unit, store, seed = outcome.unit, self.store, self.config.seed
-        model, parameters = self.models[unit.model], self.parameters[unit.model][unit.method]
+        model, parameters = self.models[unit.model], self.plans[unit.model][unit.method].parameters
         timing_key = seconds_key(model.key, unit.method, parameters, seed)
-        with store.transaction():
-            self._record()
-            if model.name not in self.introduced:
-                store.set_fact(f"model:{model.key}", model.facts())
-                for i in range(min(self.config.gallery, len(model.data))):
-                    store.add_array("input", model.key, "", "", model.image_keys[i], seed, model.pixels(i))
-                self.introduced.add(model.name)
-            store.add_results(model.name, model.key, unit.method, parameters, seed, outcome.values)
-            timing = store.fact(timing_key, {"seconds": 0.0, "images": 0})
-            store.set_fact(timing_key, {"seconds": timing["seconds"] + outcome.seconds,
-                                        "images": timing["images"] + len(unit.images)})
-            for i, attribution in outcome.maps.items():
-                store.add_array("map", model.key, unit.method, parameters, model.image_keys[i], seed, attribution)
+        if model.name not in self.introduced:
+            store.set_model_facts(model.key, model.facts())
+            for i in range(min(self.config.gallery, len(model.data))):
+                store.add_array("input", model.key, "", "", model.image_keys[i], seed, model.pixels(i))
+            self.introduced.add(model.name)
+        store.add_results(model.name, model.key, unit.method, parameters, seed, outcome.values)
+        timing = store.fact(timing_key, {"seconds": 0.0, "images": 0})
+        store.set_fact(timing_key, {"seconds": timing["seconds"] + outcome.seconds,
+                                    "images": timing["images"] + len(unit.images)})
+        for i, attribution in outcome.maps.items():
+            store.add_array("map", model.key, unit.method, parameters, model.image_keys[i], seed, attribution)

@@ -74,6 +74,10 @@ def seconds_key(model_key: str, method: str, parameters: str, seed: int) -> str:
     return "seconds:" + json.dumps([model_key, method, parameters, seed])
 
 
+def _model_facts_key(model_key: str) -> str:
+    return f"model:{model_key}"
+
+
 def verify_store(path: Path) -> None:
     """Refuse ``path`` unless it is a harness results store of this schema, reading its header only."""
     try:
@@ -326,6 +330,18 @@ class ResultsStore:
         """The fact stored under ``key`` (``default`` where none)."""
         rows = self._read("SELECT value FROM facts WHERE key = ?", (key,))
         return default if not rows else json.loads(rows[0][0])
+
+    def set_model_facts(self, model_key: str, facts: dict) -> None:
+        """Keep what a model's rows need to be shown (its path, card, images, classes); inside a transaction."""
+        self.set_fact(_model_facts_key(model_key), facts)
+
+    def model_facts(self, model_key: str) -> dict:
+        """The facts kept of the model ``model_key`` (empty where none were)."""
+        return self.fact(_model_facts_key(model_key)) or {}
+
+    def asked_last(self, selection: list[dict]) -> bool:
+        """Whether the latest recorded run asked for exactly ``selection`` (compared as stored: JSON)."""
+        return self.latest_run() == json.loads(json.dumps(selection, sort_keys=True))
 
     def add_run(self, selection: list[dict]) -> None:
         """Record what a run asked for: per model and method, {"model", "model_key", "method", "parameters",

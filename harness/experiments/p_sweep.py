@@ -18,7 +18,6 @@ the mean RMS gradient norm with 95% bootstrap intervals, the number of images, a
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,13 +26,13 @@ import numpy as np
 
 from harness.attribution import get_method
 from harness.attribution.engine import Method, aggregate_samples
-from harness.attribution.methods import describe
-from harness.engines import Engine, LocalEngine, Outcome, Work, missing_units, run_work
+from harness.engines import Engine, LocalEngine, Outcome
 from harness.errors import HarnessError
 from harness.experiments import register, save_with_caption, write_csv
 from harness.figures import pyplot
 from harness.metrics import get_metric
-from harness.store import ResultsStore, canonical
+from harness.resumable import RunWriter, missing_work, plan_methods, run_resumable, selection
+from harness.store import ResultsStore
 from harness.subject import ModelUnderTest, model_names
 from harness.tables import bootstrap, selected_rows
 
@@ -55,23 +54,30 @@ def sweep_methods(config) -> dict[float, Method]:
     return {p: get_method(METHOD, **{**base, "p": p}) for p in P_VALUES}
 
 
+def _units(config) -> dict:
+    """The sweep's units under a model's ``config``: {"p=0.7": ("suppression", Method)}, one per p."""
+    return {f"p={p}": (METHOD, method) for p, method in sweep_methods(config).items()}
+
+
 @register("p-sweep", engines=True)
 def run(config, quiet: bool = False, engine: Engine | None = None) -> list[Path]:
     """Figure 4b: suppression's MI and the RMS gradient norm of its samples for p from 0 to 1, per model and
-    image into the sweep's results store (only what is missing, computed by ``engine``: default this process),
-    then the CSV, the figure and its caption."""
+    image into the sweep's results store (only what is missing, computed by ``engine``: default this process;
+    :mod:`harness.resumable`), then the CSV, the figure and its caption."""
     out = Path(config.out) / "experiments"
     names = model_names(config.models)
-    config.check_model_names(names)
-    methods = {name: sweep_methods(config.for_model(name)) for name in names}      # {model: {p: Method}}
-    parameters = {name: {p: canonical(describe(m)) for p, m in per_p.items()} for name, per_p in methods.items()}
-    models = [ModelUnderTest.from_config(path, config, name) for path, name in zip(config.models, names)]
+    plans = plan_methods(config, names, _units)      # {model: {"p=0.7": Planned}}
+    models = {name: ModelUnderTest.from_config(path, config, name) for path, name in zip(config.models, names)}
     with ResultsStore(out / STORE_DIR) as store:     # a second run on the same OUT is refused here
-        _measure_missing(store, models, methods, parameters, config, engine or LocalEngine(), quiet)
-        _record_run(store, models, parameters, config.seed)
+        work = missing_work(store, models, plans, {name: [MI, NORM] for name in names}, config.seed, config.chunk,
+                            task=sweep_unit)
+        run_resumable(engine or LocalEngine(), work, _SweepWriter(store, selection(models, plans, config.seed),
+                                                                  models, plans, config.seed), "p-sweep", quiet)
         rows = selected_rows(store)[0]
-    table = summarise(rows, names, {name: {v: p for p, v in per_p.items()} for name, per_p in parameters.items()},
-                      {name: per_p[P_VALUES[0]].sampler.count for name, per_p in methods.items()})
+    p_of = {name: {planned.parameters: float(unit[2:]) for unit, planned in plan.items()}
+            for name, plan in plans.items()}
+    table = summarise(rows, names, p_of, {name: plan[f"p={P_VALUES[0]}"].method.sampler.count
+                                         for name, plan in plans.items()})
     csv_path = write_csv(out / "p-sweep.csv", table)
     return [csv_path, *_figure(table, out / "p-sweep.png")]
 
@@ -97,39 +103,18 @@ def sweep_unit(model: ModelUnderTest, method: Method, chunk: np.ndarray, metrics
     return values, {}, time.perf_counter() - started
 
 
-def _measure_missing(store: ResultsStore, models: list, methods: dict, parameters: dict, config, engine: Engine,
-                     quiet: bool) -> None:
-    """Store the rows of every (model, p, image) that the store lacks, one transaction per unit (a model, a p
-    and a chunk of images) as ``engine`` finishes it; a model's runtime is built only when something of it is
-    missing. Units are named by their p (``p=0.7``)."""
-    work = Work({model.name: model for model in models},
-                {name: {f"p={p}": method for p, method in per_p.items()} for name, per_p in methods.items()},
-                {model.name: [] for model in models}, task=sweep_unit)
-    for model in models:
-        for p in P_VALUES:
-            done = store.done(model.key, METHOD, parameters[model.name][p], config.seed, [MI, NORM])
-            work.units += missing_units(model.name, f"p={p}", model.image_keys, done, config.chunk)
-    p_of = {f"p={p}": p for p in P_VALUES}
+class _SweepWriter(RunWriter):
+    """The sweep's rows of each unit (a model, a p, a chunk of images), with the run's record."""
 
-    def write(outcome: Outcome) -> None:
-        model = work.models[outcome.unit.model]
-        with store.transaction():
-            store.add_results(model.name, model.key, METHOD, parameters[model.name][p_of[outcome.unit.method]],
-                              config.seed, outcome.values)
+    def __init__(self, store: ResultsStore, asked: list[dict], models: dict, plans: dict, seed: int):
+        super().__init__(store, asked)
+        self.models, self.plans, self.seed = models, plans, seed
 
-    run_work(engine, work, write, "p-sweep", quiet)
-
-
-def _record_run(store: ResultsStore, models: list, parameters: dict, seed: int) -> None:
-    """Record what this run asked for (per model and p, its images; ``parameters[model][p]``), unless the latest
-    run asked the same."""
-    selection = [{"model": model.name, "model_key": model.key, "method": METHOD,
-                  "parameters": parameters[model.name][p], "seed": seed,
-                  "images": dict(zip(model.image_keys, model.data.names))}
-                 for model in models for p in P_VALUES]
-    if store.latest_run() != json.loads(json.dumps(selection, sort_keys=True)):
-        with store.transaction():
-            store.add_run(selection)
+    def store_outcome(self, outcome: Outcome) -> None:
+        """The unit's MI and RMS-gradient-norm rows."""
+        model = self.models[outcome.unit.model]
+        self.store.add_results(model.name, model.key, METHOD, self.plans[model.name][outcome.unit.method].parameters,
+                               self.seed, outcome.values)
 
 
 def summarise(rows: list[dict], models: list[str], p_of: dict[str, dict[str, float]],
