@@ -21,7 +21,8 @@ from pathlib import Path
 import ray
 
 from harness.engines import LocalEngine, get_engine
-from harness.leaderboard import RunConfig, run_leaderboard
+from harness.leaderboard import run_leaderboard
+from harness.run_config import RunConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "exported_models" / "efficientnet_lite0.onnx"     # the paper's setting: ImageNet, photos

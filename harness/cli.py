@@ -35,11 +35,12 @@ from harness.files import read_npy, writable_dir, writable_file
 from harness.gradcheck import DEFAULT_TOLERANCE, check_model
 from harness.gradients.builder import preparation_notes
 from harness.inspection import describe_model
-from harness.leaderboard import RunConfig, run_leaderboard
+from harness.leaderboard import run_leaderboard
 from harness.metrics.certainty import mutual_information
 from harness.model_card import ModelCardError, read_card
 from harness.onnx_io import load_model, write_atomically
 from harness.report import write_report
+from harness.run_config import RunConfig
 from harness.visual import SCHEMES, save_side_by_side
 
 BAD_INPUT_EXIT = 2

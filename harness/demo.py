@@ -25,11 +25,12 @@ from harness.data.photos import photo_images
 from harness.experiments import get_experiment
 from harness.gradients.graph import image_inputs
 from harness.gradcheck import DEFAULT_TOLERANCE, GradientCheck, check_model
-from harness.leaderboard import RunConfig, run_leaderboard
+from harness.leaderboard import run_leaderboard
 from harness.model_card import read_card
 from harness.onnx_io import content_hash, load_model
 from harness.protocols import PAPER_METHODS
 from harness.report import write_report
+from harness.run_config import RunConfig
 
 DEMO_OUT = Path("reports") / "demo"
 DEMO_EXPERIMENTS = ("p-sweep", "alignment", "augmentation", "dropping")

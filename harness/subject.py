@@ -143,7 +143,7 @@ class ModelUnderTest:
     @classmethod
     def from_config(cls, path: str | Path, config, name: str | None = None,
                     expose_embedding: bool = False) -> "ModelUnderTest":
-        """The model as a run configuration (:class:`harness.leaderboard.RunConfig`) describes it, its own
+        """The model as a run configuration (:class:`harness.run_config.RunConfig`) describes it, its own
         ``per_model`` settings included."""
         config = config.for_model(name or model_name(path))
         return cls(path, dataset=config.dataset, images=config.images, seed=config.seed, batch_size=config.batch_size,

@@ -18,8 +18,9 @@ from harness.artifacts import float16_artifact, int8_artifact
 from harness.cli import main
 from harness.data.shapes import SHAPE_CLASSES, generate_shapes
 from harness.deployment import artifact_form, compare_with_reference, reference_subject
-from harness.leaderboard import RunConfig, run_leaderboard
+from harness.leaderboard import run_leaderboard
 from harness.metrics.similarity import top_overlap
+from harness.run_config import RunConfig
 from harness.store import ResultsStore
 from harness.subject import ModelUnderTest
 

@@ -13,7 +13,8 @@ from harness.attribution.methods import describe, get_method
 from harness.attribution.samplers import Suppression
 from harness.errors import HarnessError
 from harness.experiments import caption_path, experiment_names, get_experiment, p_sweep
-from harness.leaderboard import RunConfig, run_leaderboard
+from harness.leaderboard import run_leaderboard
+from harness.run_config import RunConfig
 from harness.store import ResultsStore, canonical
 
 ROOT = Path(__file__).resolve().parents[1]

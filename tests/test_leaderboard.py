@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
-from harness.leaderboard import RunConfig, run_leaderboard
+from harness.leaderboard import run_leaderboard
 from harness.report import write_report
+from harness.run_config import RunConfig
 from harness.store import STORE_NAME, ResultsStore
 from harness.tables import NORMALISED_MI, leaderboard_tables, selected_rows
 

@@ -17,7 +17,8 @@ import pytest
 from harness.engines import LocalEngine, get_engine
 from harness.errors import HarnessError
 from harness.experiments import get_experiment
-from harness.leaderboard import RunConfig, run_leaderboard
+from harness.leaderboard import run_leaderboard
+from harness.run_config import RunConfig
 from harness.store import ResultsStore
 
 ray = pytest.importorskip("ray", reason="the Ray engine is an optional extra; CI installs it with the tests")

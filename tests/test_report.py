@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.leaderboard import RunConfig, run_leaderboard
+from harness.leaderboard import run_leaderboard
 from harness.protocols import PROTOCOLS, applicable_protocols
 from harness.render import render_page
 from harness.report import write_report
+from harness.run_config import RunConfig
 from harness.store import ResultsStore
 from harness.tables import bootstrap, headline, method_seconds, protocol_table
 

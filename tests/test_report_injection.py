@@ -17,8 +17,9 @@ import onnx
 import pytest
 
 from harness.escaping import csv_cell, markdown_text, terminal_text
-from harness.leaderboard import RunConfig, run_leaderboard
+from harness.leaderboard import run_leaderboard
 from harness.report import write_report
+from harness.run_config import RunConfig
 from test_cli import invoke
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.leaderboard import RunConfig
+from harness.run_config import RunConfig
 from harness.subject import ModelUnderTest
 
 ROOT = Path(__file__).resolve().parents[1]
