@@ -21,9 +21,9 @@ from harness.attribution import explain
 from harness.errors import HarnessError
 from harness.gradients.half import is_half_precision
 from harness.metrics import get_metric
+from harness.metrics.intervals import Cell, bootstrap
 from harness.metrics.similarity import similarity
 from harness.subject import ModelUnderTest
-from harness.tables import Cell, bootstrap
 
 DRIFT_MEASURES = ("spearman", "top10", "ssim")
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm",

@@ -14,8 +14,9 @@ from harness import __version__
 from harness.figures import figure_5, gallery, protocol_chart
 from harness.onnx_io import write_atomically
 from harness.render import render_csv, render_html, render_json, render_markdown
+from harness.resumable import method_seconds, selected_rows
 from harness.store import ResultsStore
-from harness.tables import leaderboard_tables, method_seconds, selected_rows
+from harness.tables import leaderboard_tables
 
 FINGERPRINT = ".leaderboard.fingerprint"
 OUTPUTS = ("leaderboard.md", "leaderboard.html", "leaderboard.csv", "leaderboard.json")

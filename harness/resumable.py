@@ -4,18 +4,20 @@ A run names its models and, per model, the units of work it asks for (a method u
 method names, the p-sweep's ``p=0.7``), each stored as a method with canonical parameters. It computes only the
 (model, method, image) rows that its store lacks, on any engine, and writes each unit's rows in one transaction
 with the record of what the run asked for (its *selection*), so a killed run resumes and a report shows
-exactly the latest run's rows.
+exactly the latest run's rows (:func:`selected_rows` reads them back).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
 from harness.attribution.engine import Method
 from harness.attribution.methods import describe
 from harness.engines import Engine, Outcome, Work, missing_units, run_work
-from harness.store import ResultsStore, canonical
+from harness.errors import HarnessError
+from harness.store import ResultsStore, canonical, seconds_key
 
 
 @dataclass(frozen=True)
@@ -100,3 +102,36 @@ def run_resumable(engine: Engine, work: Work, writer: RunWriter, desc: str, quie
     run_work(engine, work, writer.write, desc, quiet)
     if writer.store.exists:
         writer.record_run()
+
+
+def method_seconds(store) -> dict[tuple[str, str], float]:
+    """{(model, method): attribution seconds per image} for the store's latest run, from the times its runs
+    recorded (the machine that computed the rows; runtime and sampling, not the metrics)."""
+    seconds = {}
+    for chosen in store.latest_run() or []:
+        timing = store.fact(seconds_key(chosen["model_key"], chosen["method"], chosen["parameters"],
+                                        chosen["seed"]))
+        if timing and timing.get("images"):
+            seconds[(chosen["model"], chosen["method"])] = timing["seconds"] / timing["images"]
+    return seconds
+
+
+def selected_rows(store) -> tuple[list[dict], list[dict]]:
+    """The rows of the store's latest run (exactly the configuration it asked for: models by their key,
+    methods with their parameters, the seed and the images), and a summary of every other configuration the
+    store holds: [{"model", "model_key", "method", "parameters", "seed", "rows"}]."""
+    selection = store.latest_run()
+    if selection is None:
+        raise HarnessError(f"the store {store.path} records no run")
+    wanted = {(s["model_key"], s["method"], s["parameters"], s["seed"], key): s["model"]
+              for s in selection for key in s["images"]}
+    chosen, others = [], defaultdict(int)
+    for row in store.rows():
+        name = wanted.get((row["model_key"], row["method"], row["parameters"], row["seed"], row["image_key"]))
+        if name is None:
+            others[(row["model"], row["model_key"], row["method"], row["parameters"], row["seed"])] += 1
+        else:
+            chosen.append({**row, "model": name})
+    other = [{"model": m, "model_key": k, "method": meth, "parameters": p, "seed": seed, "rows": n}
+             for (m, k, meth, p, seed), n in sorted(others.items())]
+    return chosen, other

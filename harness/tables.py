@@ -6,105 +6,16 @@ fixed seed) and the number of images."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from harness.errors import HarnessError
 from harness.metrics import get_metric
-from harness.metrics.certainty import MI_METRIC, NORMALISED_MI, REFERENCE_METHOD, paired_ratio
+from harness.metrics.certainty import MI_METRIC, NORMALISED_MI, REFERENCE_METHOD
 from harness.protocols import Protocol, applicable_protocols
-from harness.store import seconds_key
+from harness.metrics.intervals import Cell, bootstrap
 
-BOOTSTRAP_ROUNDS = 1000
-BOOTSTRAP_SEED = 0
 MI, REFERENCE = MI_METRIC, REFERENCE_METHOD
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One cell of a leaderboard: the mean (or a ratio of means), its 95% bootstrap interval, and n."""
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    def text(self, digits: int = 3) -> str:
-        """``mean [low, high]`` to ``digits`` decimals; the mean alone where no interval exists (one image);
-        a dash for no value."""
-        if not np.isfinite(self.mean):
-            return "–"
-        if not (np.isfinite(self.low) and np.isfinite(self.high)):
-            return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
-
-    def holds(self, value: float) -> bool:
-        """Whether the interval contains ``value`` (a ratio's CI holding 1 is a tie)."""
-        return bool(self.low <= value <= self.high)
-
-
-def _mean(values, axis=-1):
-    return values.mean(axis=axis)
-
-
-def _ratio_of_means(values, reference, axis=-1):
-    return values.mean(axis=axis) / reference.mean(axis=axis)
-
-
-def bootstrap(values: np.ndarray, reference: np.ndarray | None = None) -> Cell:
-    """Mean (or the ratio of means to ``reference``, paired by image: :func:`paired_ratio`) with its 95%
-    percentile bootstrap interval: ``scipy.stats.bootstrap``, images resampled 1000 times (paired: the same
-    images for both), fixed seed. Non-finite values (and their pairs) are left out; n counts the rest. One
-    image has no interval (NaN bounds)."""
-    values = np.asarray(values, np.float64)
-    keep = np.isfinite(values) if reference is None else np.isfinite(values) & np.isfinite(reference)
-    values = values[keep]
-    reference = None if reference is None else np.asarray(reference, np.float64)[keep]
-    n = len(values)
-    if n == 0:
-        return Cell(np.nan, np.nan, np.nan, 0)
-    estimate = values.mean() if reference is None else paired_ratio(values, reference)
-    if n < 2:
-        return Cell(float(estimate), np.nan, np.nan, n)
-    data, statistic = ((values,), _mean) if reference is None else ((values, reference), _ratio_of_means)
-    result = stats.bootstrap(data, statistic, n_resamples=BOOTSTRAP_ROUNDS, paired=reference is not None,
-                             vectorized=True, method="percentile", rng=np.random.default_rng(BOOTSTRAP_SEED))
-    interval = result.confidence_interval
-    return Cell(float(estimate), float(interval.low), float(interval.high), n)
-
-
-def method_seconds(store) -> dict[tuple[str, str], float]:
-    """{(model, method): attribution seconds per image} for the store's latest run, from the times its runs
-    recorded (the machine that computed the rows; runtime and sampling, not the metrics)."""
-    seconds = {}
-    for chosen in store.latest_run() or []:
-        timing = store.fact(seconds_key(chosen["model_key"], chosen["method"], chosen["parameters"],
-                                        chosen["seed"]))
-        if timing and timing.get("images"):
-            seconds[(chosen["model"], chosen["method"])] = timing["seconds"] / timing["images"]
-    return seconds
-
-
-def selected_rows(store) -> tuple[list[dict], list[dict]]:
-    """The rows of the store's latest run (exactly the configuration it asked for: models by their key,
-    methods with their parameters, the seed and the images), and a summary of every other configuration the
-    store holds: [{"model", "model_key", "method", "parameters", "seed", "rows"}]."""
-    selection = store.latest_run()
-    if selection is None:
-        raise HarnessError(f"the store {store.path} records no run")
-    wanted = {(s["model_key"], s["method"], s["parameters"], s["seed"], key): s["model"]
-              for s in selection for key in s["images"]}
-    chosen, others = [], defaultdict(int)
-    for row in store.rows():
-        name = wanted.get((row["model_key"], row["method"], row["parameters"], row["seed"], row["image_key"]))
-        if name is None:
-            others[(row["model"], row["model_key"], row["method"], row["parameters"], row["seed"])] += 1
-        else:
-            chosen.append({**row, "model": name})
-    other = [{"model": m, "model_key": k, "method": meth, "parameters": p, "seed": seed, "rows": n}
-             for (m, k, meth, p, seed), n in sorted(others.items())]
-    return chosen, other
 
 
 def leaderboard_tables(rows: list[dict], store_path, seconds: dict | None = None) -> dict:

@@ -18,9 +18,10 @@ import pytest
 from harness.errors import HarnessError
 from harness.leaderboard import run_leaderboard
 from harness.report import write_report
+from harness.resumable import selected_rows
 from harness.run_config import RunConfig
 from harness.store import STORE_NAME, ResultsStore
-from harness.tables import NORMALISED_MI, leaderboard_tables, selected_rows
+from harness.tables import NORMALISED_MI, leaderboard_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = str(ROOT / "exported_models" / "shapes_resnet.onnx")

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from harness.leaderboard import run_leaderboard
+from harness.metrics.intervals import bootstrap
 from harness.protocols import PROTOCOLS, applicable_protocols
 from harness.render import render_page
 from harness.report import write_report
+from harness.resumable import method_seconds
 from harness.run_config import RunConfig
 from harness.store import ResultsStore
-from harness.tables import bootstrap, headline, method_seconds, protocol_table
+from harness.tables import headline, protocol_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "exported_models" / "digits_cnn.onnx"

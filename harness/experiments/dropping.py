@@ -19,8 +19,8 @@ from harness.attribution.samplers import Suppression, image_rng
 from harness.escaping import file_stem
 from harness.experiments import register, save_with_caption, write_csv
 from harness.figures import pyplot
+from harness.metrics.intervals import bootstrap
 from harness.subject import ModelUnderTest, model_names
-from harness.tables import bootstrap
 from harness.visual import image_rgb
 
 KEEP_RATIOS = (1.0, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)

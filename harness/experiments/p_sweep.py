@@ -31,10 +31,10 @@ from harness.errors import HarnessError
 from harness.experiments import register, save_with_caption, write_csv
 from harness.figures import pyplot
 from harness.metrics import get_metric
-from harness.resumable import RunWriter, missing_work, plan_methods, run_resumable, selection
+from harness.metrics.intervals import bootstrap
+from harness.resumable import RunWriter, missing_work, plan_methods, run_resumable, selected_rows, selection
 from harness.store import ResultsStore
 from harness.subject import ModelUnderTest, model_names
-from harness.tables import bootstrap, selected_rows
 
 P_VALUES = tuple(round(0.1 * i, 1) for i in range(11))
 PAPER_OPTIMUM = (0.6, 0.8)
@@ -121,7 +121,7 @@ def summarise(rows: list[dict], models: list[str], p_of: dict[str, dict[str, flo
               samples: dict[str, int]) -> list[dict]:
     """Figure 4b's table from the store's rows (``p_of[model][parameters]`` is the p of a model's method, and
     ``samples[model]`` its samples per image): per model and p, the mean MI and the mean RMS gradient norm with
-    their 95% bootstrap intervals (:func:`harness.tables.bootstrap`), the number of images with a finite MI, and
+    their 95% bootstrap intervals (:func:`harness.metrics.intervals.bootstrap`), the number of images with a finite MI, and
     ``argmax``: True on the p of the model's highest mean MI."""
     values: dict = defaultdict(lambda: defaultdict(list))     # (model, p) -> metric -> per-image values
     for row in rows:
