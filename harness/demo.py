@@ -4,7 +4,7 @@ models, the papers' experiments, and the report.
 * The small models (generated shapes, digits) run every named method plus the main paper's sampling
   distributions under one building block, E|∇f| (abs-mean), on ``images`` images each.
 * The ImageNet model (EfficientNet-Lite0) runs on the bundled photographs with the paper's protocols only
-  (:data:`harness.protocols.PAPER_METHODS`), on fewer images and samples so that the demo stays within minutes
+  (:data:`harness.comparisons.PAPER_METHODS`), on fewer images and samples so that the demo stays within minutes
   on two cores (:data:`IMAGENET_DEMO`); the README says how its numbers move with more.
 * A deployed artifact: EfficientNet-Lite0 quantized to int8 (:func:`harness.artifacts.int8_artifact`, calibrated
   on crops of the photographs that the audit does not use) is audited against its float32 source
@@ -28,7 +28,7 @@ from harness.gradcheck import DEFAULT_TOLERANCE, GradientCheck, check_model
 from harness.leaderboard import run_leaderboard
 from harness.model_card import read_card
 from harness.onnx_io import content_hash, load_model
-from harness.protocols import PAPER_METHODS
+from harness.comparisons import PAPER_METHODS
 from harness.report import write_report
 from harness.run_config import RunConfig
 

@@ -13,8 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
-from harness.attribution.engine import Method
-from harness.attribution.methods import describe
+from harness.attribution.methods import Method, describe
 from harness.engines import Engine, Outcome, Work, missing_units, run_work
 from harness.errors import HarnessError
 from harness.store import ResultsStore, canonical, seconds_key

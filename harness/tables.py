@@ -12,7 +12,7 @@ import numpy as np
 from harness.errors import HarnessError
 from harness.metrics import get_metric
 from harness.metrics.certainty import MI_METRIC, NORMALISED_MI, REFERENCE_METHOD
-from harness.protocols import Protocol, applicable_protocols
+from harness.comparisons import Comparison, applicable_comparisons
 from harness.metrics.intervals import Cell, bootstrap
 
 MI, REFERENCE = MI_METRIC, REFERENCE_METHOD
@@ -52,7 +52,7 @@ def leaderboard_tables(rows: list[dict], store_path, seconds: dict | None = None
         columns = ([NORMALISED_MI] if reference else []) + metric_names
         mi_values = {method: per_metric[MI] for method, per_metric in methods.items() if MI in per_metric}
         protocols = [protocol_table(p, mi_values, {m: seconds.get((model, m), np.nan) for m in p.methods})
-                     for p in applicable_protocols(mi_values)]
+                     for p in applicable_comparisons(mi_values)]
         result[model] = {"columns": columns, "rows": [r for r in rows if not (reference and r["method"] == REFERENCE)],
                          "reference": next((r for r in rows if reference and r["method"] == REFERENCE), None),
                          "higher_is_better": {NORMALISED_MI: True, **higher}, "protocols": protocols,
@@ -66,7 +66,7 @@ def _paired(values: dict, reference: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.array([values[i] for i in images], np.float64), np.array([reference[i] for i in images], np.float64)
 
 
-def protocol_table(protocol: Protocol, mi: dict[str, dict], seconds: dict[str, float]) -> dict:
+def protocol_table(protocol: Comparison, mi: dict[str, dict], seconds: dict[str, float]) -> dict:
     """One model's comparison under ``protocol`` from its per-image MI ({method: {image_key: MI}}): per method,
     the mean MI with its CI, the paired ratio to the reference's MI, the paired ratio of the challenger's MI to
     the method's (above 1: the challenger is ahead) and the images on which the challenger's MI is higher.

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from harness.attribution import Context, explain, get_method, resolve_targets
 from harness.attribution.contrastive import class_distribution, contrastive_attribution, contrastive_classes
-import harness.attribution.engine as engine_module
-from harness.attribution.engine import attribute
+import harness.attribution.batched as engine_module
+from harness.attribution.batched import attribute
 from harness.attribution.samplers import SamplingError, riemann
 from harness.errors import HarnessError
 from harness.runtime import GradientRuntime
@@ -206,7 +206,7 @@ def test_several_classes_in_one_call_equal_separate_calls(toy, images):
 
 
 def test_several_aggregates_of_one_set_of_samples_equal_separate_runs(toy, images):
-    from harness.attribution.engine import aggregate_samples
+    from harness.attribution.batched import aggregate_samples
 
     targets = resolve_targets(toy, images, classes=[0, 2])
     sampler = get_method("suppression", p=0.6, samples=6).sampler

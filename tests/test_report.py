@@ -11,7 +11,7 @@ import pytest
 
 from harness.leaderboard import run_leaderboard
 from harness.metrics.intervals import bootstrap
-from harness.protocols import PROTOCOLS, applicable_protocols
+from harness.comparisons import COMPARISONS, applicable_comparisons
 from harness.render import render_page
 from harness.report import write_report
 from harness.resumable import method_seconds
@@ -21,7 +21,7 @@ from harness.tables import headline, protocol_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "exported_models" / "digits_cnn.onnx"
-FIGURE_5 = PROTOCOLS["figure-5"]
+FIGURE_5 = COMPARISONS["figure-5"]
 
 
 @pytest.fixture(autouse=True)
@@ -88,9 +88,9 @@ def test_the_headline_calls_a_tie_when_the_ratio_interval_holds_one():
 
 
 def test_protocols_apply_only_where_the_run_holds_all_their_methods():
-    assert [p.name for p in applicable_protocols(["vanilla", "smoothgrad", "ig", "suppression"])] == ["as-defined"]
-    assert applicable_protocols(["ig", "suppression"]) == []
-    assert {p.name for p in applicable_protocols(list(FIGURE_5.methods) + ["vanilla", "smoothgrad", "ig"])} == \
+    assert [p.name for p in applicable_comparisons(["vanilla", "smoothgrad", "ig", "suppression"])] == ["as-defined"]
+    assert applicable_comparisons(["ig", "suppression"]) == []
+    assert {p.name for p in applicable_comparisons(list(FIGURE_5.methods) + ["vanilla", "smoothgrad", "ig"])} == \
         {"figure-5", "as-defined"}
 
 

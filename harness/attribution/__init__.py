@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from harness import DEFAULT_SEED
+from harness.attribution.batched import attribute
 from harness.attribution.contrastive import DistributionSettings, explain_contrastive
-from harness.attribution.engine import Method, attribute
-from harness.attribution.methods import NAMED_METHODS, get_method, method_names
+from harness.attribution.methods import NAMED_METHODS, Method, get_method, method_names
 from harness.attribution.samplers import SAMPLERS, Context, SamplingError
 from harness.errors import HarnessError
 from harness.runtime import Runtime

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.special import softmax
 
 from harness import DEFAULT_SEED
-from harness.attribution.engine import attribute
+from harness.attribution.batched import attribute
 from harness.errors import HarnessError
 from harness.runtime import Runtime
 

@@ -9,14 +9,36 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from harness.attribution.aggregators import AGGREGATORS
-from harness.attribution.engine import Method
-from harness.attribution.samplers import SAMPLERS, SamplingError
+from harness.attribution.aggregators import AGGREGATORS, Aggregator, get_aggregator
+from harness.attribution.samplers import SAMPLERS, Sampler, SamplingError
 from harness.registry import Registry
 
 
 @dataclass(frozen=True)
-class NamedMethod:
+class Method:
+    """A sampler, an aggregator and the optional × input multiplier, under a display name. The aggregator may
+    be given by its name; the method holds the :class:`Aggregator` itself."""
+    name: str
+    sampler: Sampler
+    aggregator: Aggregator
+    times_input: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.aggregator, str):
+            object.__setattr__(self, "aggregator", get_aggregator(self.aggregator))
+        aggregator = self.aggregator
+        if aggregator.needs_path and not self.sampler.is_path:
+            raise SamplingError(f"the {aggregator.name} aggregator needs a path sampler (linear, guided, blur, "
+                                f"expected), not {self.sampler.name}")
+        if aggregator.on_layer and self.sampler.adaptive:
+            raise SamplingError(f"{aggregator.name} cannot follow the adaptive {self.sampler.name} path")
+        if self.sampler.adaptive and aggregator.name != "path":
+            raise SamplingError(f"{self.sampler.name} builds its path while it walks; only the path aggregator "
+                                "applies to it")
+
+
+@dataclass(frozen=True)
+class MethodDefinition:
     """A method as its authors define it: a sampler, an aggregator, a description and the parameters where it
     departs from the sampler's defaults."""
     sampler: str
@@ -31,15 +53,15 @@ COUNT_PARAMETERS = ("samples", "steps")     # how many gradients a method takes:
 COUNT_LIMITS = {"samples": 2 ** 40, "steps": 10 ** 7}
 
 NAMED_METHODS = Registry("method", SamplingError, entries={
-    "vanilla": NamedMethod("point", "mean", "the gradient at x (Simonyan et al. 2014)"),
-    "smoothgrad": NamedMethod("normal", "mean", "mean gradient under Gaussian noise, level 0.15 (Smilkov 2017)"),
-    "ig": NamedMethod("linear", "path", "Integrated Gradients from a black baseline (Sundararajan 2017)"),
-    "guided-ig": NamedMethod("guided", "path", "Guided Integrated Gradients (Kapishnikov et al. 2021)"),
-    "suppression": NamedMethod("suppression", "abs-mean", "E|∇f| under feature suppression, p = 0.7 "
+    "vanilla": MethodDefinition("point", "mean", "the gradient at x (Simonyan et al. 2014)"),
+    "smoothgrad": MethodDefinition("normal", "mean", "mean gradient under Gaussian noise, level 0.15 (Smilkov 2017)"),
+    "ig": MethodDefinition("linear", "path", "Integrated Gradients from a black baseline (Sundararajan 2017)"),
+    "guided-ig": MethodDefinition("guided", "path", "Guided Integrated Gradients (Kapishnikov et al. 2021)"),
+    "suppression": MethodDefinition("suppression", "abs-mean", "E|∇f| under feature suppression, p = 0.7 "
                                "(Sampling Matters in Explanations, section 4.1)"),
-    "blur-ig": NamedMethod("blur", "path", "Blur Integrated Gradients (Xu et al. 2020)"),
-    "expected-gradients": NamedMethod("expected", "path", "baselines drawn from data (Erion et al. 2021)"),
-    "grad-cam": NamedMethod("point", "grad-cam", "Grad-CAM on a tapped layer (Selvaraju et al. 2017)"),
+    "blur-ig": MethodDefinition("blur", "path", "Blur Integrated Gradients (Xu et al. 2020)"),
+    "expected-gradients": MethodDefinition("expected", "path", "baselines drawn from data (Erion et al. 2021)"),
+    "grad-cam": MethodDefinition("point", "grad-cam", "Grad-CAM on a tapped layer (Selvaraju et al. 2017)"),
 }.items())
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.attribution import get_method
-from harness.attribution.engine import Method, aggregate_samples
+from harness.attribution.batched import aggregate_samples
+from harness.attribution.methods import Method
 from harness.engines import Engine, LocalEngine, Outcome
 from harness.errors import HarnessError
 from harness.experiments import register, save_with_caption, write_csv

@@ -16,14 +16,13 @@ row the same gradient in any batch (every bundled model on ONNX Runtime's CPU pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from harness import DEFAULT_SEED
 from harness.attribution.aggregators import Aggregator, get_aggregator
 from harness.attribution.gradcam import grad_cam
-from harness.attribution.samplers import Context, Sampler, SamplingError, image_rng, make_baseline
+from harness.attribution.methods import Method
+from harness.attribution.samplers import Context, Sampler, image_rng, make_baseline
 from harness.errors import HarnessError
 from harness.runtime import Runtime
 
@@ -31,29 +30,6 @@ from harness.runtime import Runtime
 # than STREAMED_ROWS // K (for K classes) is computed block by block, whatever its count (a million samples
 # take long, not memory). A constant, so the blocks, hence the order of every sum, never depend on the batch.
 STREAMED_ROWS = 256
-
-
-@dataclass(frozen=True)
-class Method:
-    """A sampler, an aggregator and the optional × input multiplier, under a display name. The aggregator may
-    be given by its name; the method holds the :class:`Aggregator` itself."""
-    name: str
-    sampler: Sampler
-    aggregator: Aggregator
-    times_input: bool = False
-
-    def __post_init__(self):
-        if isinstance(self.aggregator, str):
-            object.__setattr__(self, "aggregator", get_aggregator(self.aggregator))
-        aggregator = self.aggregator
-        if aggregator.needs_path and not self.sampler.is_path:
-            raise SamplingError(f"the {aggregator.name} aggregator needs a path sampler (linear, guided, blur, "
-                                f"expected), not {self.sampler.name}")
-        if aggregator.on_layer and self.sampler.adaptive:
-            raise SamplingError(f"{aggregator.name} cannot follow the adaptive {self.sampler.name} path")
-        if self.sampler.adaptive and aggregator.name != "path":
-            raise SamplingError(f"{self.sampler.name} builds its path while it walks; only the path aggregator "
-                                "applies to it")
 
 
 def attribute(runtime: Runtime, x: np.ndarray, targets: np.ndarray, method: Method, context: Context,

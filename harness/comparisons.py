@@ -17,7 +17,7 @@ from harness.registry import Registry
 
 
 @dataclass(frozen=True)
-class Protocol:
+class Comparison:
     """A comparison: its ``methods`` (leaderboard method names), the ``reference`` every MI is normalised to,
     the ``challenger`` whose wins are counted, a short ``title`` and a ``description`` citing the paper."""
 
@@ -29,21 +29,21 @@ class Protocol:
     challenger: str = "suppression"
 
 
-PROTOCOLS = Registry("protocol", HarnessError, entries=[(p.name, p) for p in (
-    Protocol("figure-5", "Sampling distributions under one building block (Figure 5)",
+COMPARISONS = Registry("protocol", HarnessError, entries=[(p.name, p) for p in (
+    Comparison("figure-5", "Sampling distributions under one building block (Figure 5)",
              "the plain gradient, SmoothGrad's Gaussian sampling, IG's straight-line sampling and feature "
              "suppression (at the run's parameters; the paper's are noise 0.15 and p = 0.7), each aggregated as "
              "E|∇f| (eq. 7) and normalised to IG's sampling (Sampling Matters in Explanations, Figure 5)",
              ("point+abs-mean", "normal+abs-mean", "linear+abs-mean", "suppression"), "linear+abs-mean"),
-    Protocol("as-defined", "The methods as their authors define them",
+    Comparison("as-defined", "The methods as their authors define them",
              "the plain gradient (Simonyan et al. 2014), SmoothGrad (Smilkov et al. 2017), Integrated Gradients "
              "as a path method (Sundararajan et al. 2017) and feature suppression, normalised to IG",
              ("vanilla", "smoothgrad", "ig", "suppression"), "ig"),
 )])
-PAPER_METHODS = tuple(dict.fromkeys(m for p in PROTOCOLS.values() for m in p.methods))
+PAPER_METHODS = tuple(dict.fromkeys(m for p in COMPARISONS.values() for m in p.methods))
 
 
-def applicable_protocols(methods) -> list[Protocol]:
+def applicable_comparisons(methods) -> list[Comparison]:
     """The protocols all of whose methods are among ``methods``."""
     have = set(methods)
-    return [p for p in PROTOCOLS.values() if set(p.methods) <= have]
+    return [p for p in COMPARISONS.values() if set(p.methods) <= have]
