@@ -1,4 +1,6 @@
-"""The package's shape, read off its source: imports at the top, no import cycles, every error in errors.py."""
+"""The package's shape, read off its source: imports at the top, no import cycles, the layers of the data flow
+(source -> model -> runtime -> attribution -> metric -> results -> report) never imported upwards, every error in
+errors.py."""
 
 from __future__ import annotations
 
@@ -75,6 +77,65 @@ def test_the_top_level_imports_have_no_cycle():
     for name in sorted(found):
         if name not in state:
             visit(name, [name])
+
+
+# The layers, bottom up: a module imports only from its own layer and those below it. A layer is a list of
+# modules and packages (a package holds its submodules); the most specific entry places a module.
+LAYERS = (
+    ("core", ("harness", "harness.errors", "harness.registry", "harness.files", "harness.escaping",
+              "harness.onnx_io", "harness.bundled")),
+    ("gradients", ("harness.gradients",)),
+    ("model", ("harness.model_card", "harness.hf_config", "harness.data", "harness.feeding", "harness.inspection",
+               "harness.surgery")),
+    ("runtime", ("harness.sessions", "harness.cache", "harness.runtime", "harness.artifacts")),
+    ("attribution", ("harness.attribution",)),
+    ("metrics", ("harness.metrics", "harness.comparisons")),
+    ("runs", ("harness.store", "harness.subject", "harness.engines", "harness.resumable", "harness.run_config",
+              "harness.leaderboard", "harness.explanation")),
+    ("report", ("harness.visual", "harness.figures", "harness.tables", "harness.render", "harness.report")),
+    ("checks", ("harness.gradcheck", "harness.audit", "harness.deployment")),
+    ("experiments", ("harness.experiments",)),
+    ("face", ("harness.cli", "harness.demo")),
+)
+
+
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of the most specific entry that holds ``module`` (None where none does)."""
+    best = None
+    for index, (_, entries) in enumerate(LAYERS):
+        for entry in entries:
+            if (module == entry or module.startswith(entry + ".")) and (best is None or len(entry) > best[1]):
+                best = (index, len(entry))
+    return None if best is None else best[0]
+
+
+def upward_imports(found: dict[str, ast.Module]) -> list[str]:
+    """Every top-level import of a module in ``found`` that loads a module of a higher layer."""
+    upwards = []
+    for name, tree in found.items():
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in imported(node, name, set(found)):
+                    while target not in found and "." in target:
+                        target = target.rsplit(".", 1)[0]
+                    if target in found and layer_of(target) > layer_of(name):
+                        upwards.append(f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} "
+                                       f"({LAYERS[layer_of(target)][0]})")
+    return upwards
+
+
+def test_every_module_has_a_layer_and_imports_none_above_it():
+    found = modules()
+    assert [name for name in found if layer_of(name) is None] == []
+    assert upward_imports(found) == []
+
+
+def test_the_layer_test_catches_an_upward_import():
+    """A metric that imported the report (or the gradient pass the runtime) would be caught."""
+    found = {**modules(), "harness.metrics.leaky": ast.parse("from harness.report import write_report\n"),
+             "harness.gradients.leaky": ast.parse("import harness.runtime\n")}
+    assert upward_imports(found) == ["harness.metrics.leaky (metrics) imports harness.report (report)",
+                                     "harness.gradients.leaky (gradients) imports harness.runtime (runtime)"]
 
 
 def test_every_error_class_lives_in_errors_py():
