@@ -1,24 +1,26 @@
 """Speed of the input-gradient graph: ORT gradient call vs ORT forward vs PyTorch forward+backward.
 
     python benchmarks/gradient_speed.py --arch resnet50 --size 224 --batch 8 --threads 2
-    python benchmarks/gradient_speed.py --model their_model.onnx --batch 8 --threads 2
+    python benchmarks/gradient_speed.py --model their_model.onnx --batch 8 --threads 2 --target 4
 
 ``--model`` times any ONNX classifier (the gradient graph built as ``harness gradgraph`` builds it, with its
 model card or sidecar where it has one) against its own forward call; there is no PyTorch twin to compare.
 
-All run in one process on the same weights, batch and thread count. Each ratio is the median over rounds of
-two calls timed back to back (ORT gradient after ORT forward; PyTorch after the ORT gradient, with a pause so
-that no thread pool still spins), so slow drifts of a shared machine cancel. Needs torch (export and the
-comparison only; the harness itself never imports it).
+All run in one process on the same weights, batch and pinned threads (``timing.pin_threads``). Each
+comparison is timed in interleaved rounds of two calls whose order alternates (ORT forward and ORT gradient;
+then, apart, ORT gradient and PyTorch with a pause before each call so that no thread pool still spins, since
+PyTorch's pool and allocator disturb whatever runs right after it); every call is warmed up twice first (ORT
+plans its memory on the first run and allocates that plan on the second). Each ratio is the median over rounds
+with its IQR, against its target (``--target``; by default ``targets.py``'s for ResNet-50, EfficientNet-B0 and
+MobileNetV2), for each of ``--runs`` runs. Needs torch (export and the comparison only; the harness itself
+never imports it).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +28,28 @@ import onnx
 import onnxruntime as ort
 import torch
 
+import targets
+from timing import (Run, Target, add_options, header, interleaved_rounds, per_unit, pin_threads, ratio, repeats,
+                    session_options, write_json)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "export_scripts"))
 from architectures import build  # noqa: E402
 from exporting import export_onnx  # noqa: E402
 
+from harness.feeding import build_gradient_model  # noqa: E402
 from harness.gradients import add_input_gradient  # noqa: E402
 from harness.model_card import read_card  # noqa: E402
 from harness.onnx_io import load_model  # noqa: E402
-from harness.feeding import build_gradient_model  # noqa: E402
 from harness.sessions import inference_session  # noqa: E402
+
+WARMUP = 2
 
 
 def session(model: onnx.ModelProto, threads: int, profile: str | None = None,
             level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    """A CPU session of ``model`` with ``threads`` intra-op threads, optionally profiled."""
+    options = session_options(threads)
     options.graph_optimization_level = level
     if profile:
         options.enable_profiling = True
@@ -50,45 +57,17 @@ def session(model: onnx.ModelProto, threads: int, profile: str | None = None,
     return inference_session(model, options, ["CPUExecutionProvider"])
 
 
-def paired_times(first, second, rounds: int, pause: float) -> list[tuple[float, float]]:
-    """Wall-clock seconds of ``first`` and ``second`` called back to back, once per round."""
-    pairs = []
-    for _ in range(rounds):
-        times = []
-        for fn in (first, second):
-            time.sleep(pause)
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        pairs.append(tuple(times))
-    return pairs
+def gradient_target(args) -> Target | None:
+    """``--target`` where given, else the architecture's (none for ``--model`` or another architecture)."""
+    if args.target is not None:
+        return Target("<=", args.target)
+    return None if args.model else targets.GRADIENT.get(args.arch)
 
 
-def ratio_spread(pairs) -> tuple[float, float, float]:
-    """Smallest, median and largest per-round ratio second / first."""
-    ratios = [second / first for first, second in pairs]
-    return min(ratios), statistics.median(ratios), max(ratios)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--model", default=None, help="time this ONNX file instead of a zoo architecture")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--exporter", default="legacy", choices=["legacy", "dynamo"])
-    parser.add_argument("--compare-layouts", action="store_true",
-                        help="also time the gradient without ORT's blocked-layout (NCHWc) optimisation")
-    parser.add_argument("--profile", default=None, help="write an ORT profile of the gradient call with this prefix")
-    args = parser.parse_args()
-    if args.model:
-        time_model(args)
-        return
-
+def zoo_calls(args) -> tuple[str, dict, int, ort.InferenceSession]:
+    """A random-weight zoo architecture: its title, its calls (ORT forward, ORT gradient, PyTorch, and the
+    gradient without the blocked layout with ``--compare-layouts``), the batch and the gradient session."""
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
     net = build(args.arch, num_classes=1000).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
@@ -97,64 +76,30 @@ def main() -> None:
     grad_model = add_input_gradient(model)
     forward = session(model, args.threads)
     gradient = session(grad_model, args.threads, args.profile)
-    gradient_extended = (session(grad_model, args.threads, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-                         if args.compare_layouts else None)
     input_name = model.graph.input[0].name
-
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, 3, args.size, args.size)).astype(np.float32)
     seed = np.zeros((args.batch, 1000), np.float32)
     seed[np.arange(args.batch), rng.integers(0, 1000, args.batch)] = 1.0
-    x_torch = torch.from_numpy(x)
-    seed_torch = torch.from_numpy(seed)
-
-    def run_forward():
-        forward.run(None, {input_name: x})
-
-    def run_gradient():
-        gradient.run(["input_grad"], {input_name: x, "grad_seed": seed})
+    x_torch, seed_torch = torch.from_numpy(x), torch.from_numpy(seed)
 
     def run_torch():
         xt = x_torch.clone().requires_grad_(True)
         (net(xt) * seed_torch).sum().backward()
 
-    def run_gradient_extended():
-        gradient_extended.run(["input_grad"], {input_name: x, "grad_seed": seed})
-
-    candidates = {"ort forward": run_forward, "ort gradient": run_gradient, "torch fwd+bwd": run_torch}
-    if gradient_extended is not None:
-        candidates["ort grad (ext)"] = run_gradient_extended
-    for fn in candidates.values():
-        # Two warm-up calls: ORT plans its memory pattern on the first run and allocates that block on the second.
-        fn()
-        fn()
-    # Each ratio comes from calls timed back to back, one pair per round, so that slow drifts of a shared
-    # machine cancel; the median over rounds is reported. The ORT pairs are timed apart from PyTorch, whose
-    # thread pool and allocator disturb whatever runs right after it.
-    ort_pairs = paired_times(run_forward, run_gradient, args.rounds, pause=0.0)
-    torch_pairs = paired_times(run_gradient, run_torch, args.rounds, pause=0.3)
-    extended_pairs = (paired_times(run_gradient, run_gradient_extended, args.rounds, pause=0.0)
-                      if gradient_extended is not None else None)
-    forward_ms, gradient_ms = (1000 * statistics.median(t) / args.batch for t in zip(*ort_pairs))
-    torch_ms = 1000 * statistics.median(t for _, t in torch_pairs) / args.batch
-    print(f"{args.arch} {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, "
-          f"{args.exporter} export, {args.rounds} rounds of back-to-back pairs")
-    print(f"  {'ort forward':14s} {forward_ms:8.1f} ms/image")
-    print(f"  {'ort gradient':14s} {gradient_ms:8.1f} ms/image")
-    print(f"  {'torch fwd+bwd':14s} {torch_ms:8.1f} ms/image")
-    if extended_pairs is not None:
-        print(f"  {'ort grad (ext)':14s} {1000 * statistics.median(t for _, t in extended_pairs) / args.batch:8.1f}"
-              f" ms/image ({ratio_spread(extended_pairs)[1]:.2f}x the gradient with NCHWc)")
-    low, mid, high = ratio_spread(ort_pairs)
-    print(f"  gradient / forward           = {mid:.2f}x (rounds: {low:.2f}x to {high:.2f}x; target <= 2.5x)")
-    low, mid, high = ratio_spread(torch_pairs)
-    print(f"  torch fwd+bwd / ORT gradient = {mid:.2f}x (rounds: {low:.2f}x to {high:.2f}x; target >= 1.3x)")
-    if args.profile:
-        gradient.end_profiling()
+    calls = {"ort forward": lambda: forward.run(None, {input_name: x}),
+             "ort gradient": lambda: gradient.run(["input_grad"], {input_name: x, "grad_seed": seed}),
+             "torch fwd+bwd": run_torch}
+    if args.compare_layouts:
+        extended = session(grad_model, args.threads, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+        calls["ort grad (ext)"] = lambda: extended.run(["input_grad"], {input_name: x, "grad_seed": seed})
+    title = f"{args.arch} {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, {args.exporter} export"
+    return title, calls, args.batch, gradient
 
 
-def time_model(args) -> None:
-    """Gradient call vs forward call of an ONNX file, side by side in one process."""
+def file_calls(args) -> tuple[str, dict, int, ort.InferenceSession]:
+    """An ONNX file with its card: its title, its calls (ORT forward, ORT gradient), the batch and the gradient
+    session."""
     model = load_model(args.model)
     grad_model = build_gradient_model(model, read_card(model, args.model))
     forward, gradient = session(model, args.threads), session(grad_model, args.threads, args.profile)
@@ -165,23 +110,62 @@ def time_model(args) -> None:
         shape = [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
         return [shape[0] or batch, *shape[1:]]
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(dims(image, args.batch)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(dims(image, args.batch)).astype(np.float32)
     seed = np.zeros(dims(seed_info, len(x)), np.float32)
     seed.reshape(len(x), -1)[:, 0] = 1.0
-    feeds = {image.name: x}
-    for fn in (lambda: forward.run(None, feeds), lambda: gradient.run(["input_grad"], {**feeds, "grad_seed": seed})):
-        fn()
-        fn()
-    pairs = paired_times(lambda: forward.run(None, feeds),
-                        lambda: gradient.run(["input_grad"], {**feeds, "grad_seed": seed}), args.rounds, pause=0.0)
-    forward_ms, gradient_ms = (1000 * statistics.median(t) / len(x) for t in zip(*pairs))
-    low, mid, high = ratio_spread(pairs)
-    print(f"{Path(args.model).name}, input {list(x.shape)}, {args.threads} threads, {args.rounds} rounds of "
-          f"back-to-back pairs")
-    print(f"  {'ort forward':14s} {forward_ms:8.2f} ms/image")
-    print(f"  {'ort gradient':14s} {gradient_ms:8.2f} ms/image")
-    print(f"  gradient / forward           = {mid:.2f}x (rounds: {low:.2f}x to {high:.2f}x)")
+    calls = {"ort forward": lambda: forward.run(None, {image.name: x}),
+             "ort gradient": lambda: gradient.run(["input_grad"], {image.name: x, "grad_seed": seed})}
+    return f"{Path(args.model).name}, input {list(x.shape)}, {args.threads} threads", calls, len(x), gradient
+
+
+def measure(calls: dict, batch: int, rounds: int, target: Target | None, pause: float, index: int) -> Run:
+    """One run: ORT forward against ORT gradient, then (where present) the gradient against PyTorch and against
+    the gradient without the blocked layout, each in its own interleaved rounds."""
+    warmup = WARMUP if index == 0 else 0
+    ort_times = interleaved_rounds({name: calls[name] for name in ("ort forward", "ort gradient")}, rounds,
+                                   warmup=warmup)
+    times = dict(per_unit(ort_times, batch))
+    ratios = [ratio("gradient / forward", ort_times, "ort gradient", "ort forward", target)]
+    if "torch fwd+bwd" in calls:
+        torch_times = interleaved_rounds({name: calls[name] for name in ("ort gradient", "torch fwd+bwd")}, rounds,
+                                         pause=pause, warmup=warmup)
+        times["torch fwd+bwd"] = per_unit(torch_times, batch)["torch fwd+bwd"]
+        ratios.append(ratio("torch fwd+bwd / ORT gradient", torch_times, "torch fwd+bwd", "ort gradient",
+                            targets.TORCH))
+    if "ort grad (ext)" in calls:
+        extended = interleaved_rounds({name: calls[name] for name in ("ort gradient", "ort grad (ext)")}, rounds,
+                                      warmup=warmup)
+        times["ort grad (ext)"] = per_unit(extended, batch)["ort grad (ext)"]
+        ratios.append(ratio("gradient without NCHWc / with", extended, "ort grad (ext)", "ort gradient"))
+    return Run(times, tuple(ratios))
+
+
+def main() -> None:
+    """Time the calls in interleaved rounds, ``--runs`` times; print each run's times, ratios and verdicts."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--model", default=None, help="time this ONNX file instead of a zoo architecture")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--exporter", default="legacy", choices=["legacy", "dynamo"])
+    parser.add_argument("--target", type=float, default=None,
+                        help="the gradient call's target in forward calls (default: the architecture's)")
+    parser.add_argument("--pause", type=float, default=0.3,
+                        help="seconds slept before each call of the comparison with PyTorch")
+    parser.add_argument("--compare-layouts", action="store_true",
+                        help="also time the gradient without ORT's blocked-layout (NCHWc) optimisation")
+    parser.add_argument("--profile", default=None, help="write an ORT profile of the gradient call with this prefix")
+    add_options(parser)
+    args = parser.parse_args()
+    pinned = pin_threads(args.threads) + [f"ORT intra-op threads {args.threads} per session, inter-op 1"]
+    title, calls, batch, gradient = file_calls(args) if args.model else zoo_calls(args)
+    for line in header(title, args.rounds, args.runs, pinned):
+        print(line)
+    target = gradient_target(args)
+    runs = repeats(lambda index: measure(calls, batch, args.rounds, target, args.pause, index), args.runs)
+    write_json(args.json, title, pinned, runs, batch=batch, rounds=args.rounds)
     if args.profile:
         gradient.end_profiling()
 

@@ -6,22 +6,26 @@ One random-weight network (plain torch, ``export_scripts/architectures.py``) is 
 runs Guided IG on its gradient graph under ONNX Runtime, one runtime call per step for all images at once; PAIR
 saliency 0.2.1 runs ``GuidedIG.GetMask`` per image with a gradient callback on the torch module (PAIR's
 algorithm asks for one gradient per step). Both use ``--steps`` steps, max_dist 0.02 and fraction 0.25 from a
-black (zero) baseline, and ``--threads`` threads. Rounds alternate the order; the table gives medians of the
-rounds and the spread of the per-round ratio. Needs torch and saliency (the ``bench`` extra).
+black (zero) baseline, and ``--threads`` pinned threads (``timing.pin_threads``). Both are called once
+untimed, then in interleaved rounds whose order alternates; each run prints seconds per image (median and IQR
+over rounds) and PAIR / harness per round against its target in ``targets.py`` (at least 2x) with its verdict, for each
+of ``--runs`` runs. Needs torch and saliency (the ``bench`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import saliency.core as saliency
 import torch
+
+import targets
+from timing import (Run, add_options, header, interleaved_rounds, per_unit, pin_threads, ratio, repeats,
+                    write_json)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "export_scripts"))
@@ -56,8 +60,16 @@ def torch_callback(net, target: int):
     return call_model
 
 
+def measure(ours, theirs, images: int, rounds: int, index: int) -> Run:
+    """One run: the harness beside PAIR in interleaved rounds (the first run warms both once)."""
+    times = interleaved_rounds({"harness": ours, "pair": theirs}, rounds, warmup=1 if index == 0 else 0)
+    guided = ratio("guided-ig PAIR / harness", times, "pair", "harness", targets.PAIR)
+    return Run(per_unit(times, images), (guided,), time_unit="s")
+
+
 def main() -> None:
-    """Time both implementations in interleaved rounds; print seconds per image and the ratio."""
+    """Time both implementations in interleaved rounds, ``--runs`` times; print seconds per image, the ratio and
+    its verdict."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--size", type=int, default=224)
@@ -65,10 +77,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    add_options(parser)
     args = parser.parse_args()
+    pinned = pin_threads(args.threads)
     numpy_2_quantile()
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
     net = build(args.arch, num_classes=1000).eval()
     for parameter in net.parameters():
         parameter.requires_grad_(False)
@@ -76,31 +89,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         path = export_onnx(net, Path(scratch) / "net.onnx", input_size=(3, args.size, args.size))
         runtime = GradientRuntime(str(path), max_batch=32, threads=args.threads, use_cache=False)
-    targets = runtime.forward(x).argmax(axis=1)
+    pinned.append(f"harness: {args.threads} threads in {runtime.streams} streams")
+    classes = runtime.forward(x).argmax(axis=1)
     context = Context(black=np.zeros((3, 1, 1), np.float32), white=np.ones((3, 1, 1), np.float32))
     method = get_method("guided-ig", steps=args.steps, max_dist=MAX_DIST, fraction=FRACTION)
 
     def ours():
-        attribute(runtime, x, targets[:, None], method, context, 0)
+        attribute(runtime, x, classes[:, None], method, context, 0)
 
     def theirs():
         for i in range(args.images):
-            saliency.GuidedIG().GetMask(x[i], torch_callback(net, int(targets[i])), x_steps=args.steps,
+            saliency.GuidedIG().GetMask(x[i], torch_callback(net, int(classes[i])), x_steps=args.steps,
                                         x_baseline=np.zeros_like(x[i]), max_dist=MAX_DIST, fraction=FRACTION)
 
-    times: dict[str, list[float]] = {"harness": [], "pair": []}
-    for r in range(args.rounds):
-        order = [("harness", ours), ("pair", theirs)]
-        for label, call in (order if r % 2 == 0 else order[::-1]):
-            started = time.perf_counter()
-            call()
-            times[label].append((time.perf_counter() - started) / args.images)
-    ratios = [p / h for h, p in zip(times["harness"], times["pair"])]
-    print(f"{args.arch} {args.size}x{args.size}, {args.images} images, {args.steps} steps, {args.threads} threads, "
-          f"{args.rounds} rounds")
-    print(f"guided-ig    harness {statistics.median(times['harness']):.2f} s/img  PAIR "
-          f"{statistics.median(times['pair']):.2f} s/img  PAIR / harness {statistics.median(ratios):.2f} "
-          f"({min(ratios):.2f} to {max(ratios):.2f})")
+    title = f"{args.arch} {args.size}x{args.size}, {args.images} images, {args.steps} steps, {args.threads} threads"
+    for line in header(title, args.rounds, args.runs, pinned):
+        print(line)
+    runs = repeats(lambda index: measure(ours, theirs, args.images, args.rounds, index), args.runs)
+    write_json(args.json, title, pinned, runs, images=args.images, steps=args.steps, rounds=args.rounds)
 
 
 if __name__ == "__main__":
