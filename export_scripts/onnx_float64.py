@@ -1,4 +1,4 @@
-"""Float64 evaluation of ONNX graphs, independent of onnxruntime (used by ``foreign_zoo.py``).
+"""Float64 evaluation of ONNX graphs, independent of onnxruntime (used by the ``foreign_zoo`` package).
 
 * :func:`to_float64` turns a float32 model into a float64 copy (initializers, Constant and
   ConstantOfShape values, Cast targets, declared tensor types) for ``onnx.reference.ReferenceEvaluator``.

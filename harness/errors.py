@@ -33,9 +33,10 @@ class UnsupportedOpsError(HarnessError):
     ``unsupported`` maps each op type to the names of the nodes that use it.
     """
 
-    def __init__(self, unsupported: dict[str, list[str]], details: dict[str, str] | None = None):
+    def __init__(self, unsupported: dict[str, list[str]], details: dict[str, str] | None = None, hint: str = ""):
         self.unsupported = unsupported
         self.details = details or {}
+        self.hint = hint
         parts = []
         for op_type in sorted(unsupported):
             nodes = unsupported[op_type]
@@ -44,7 +45,7 @@ class UnsupportedOpsError(HarnessError):
             parts.append(f"{op_type}{reason} at {shown}")
         super().__init__(
             f"cannot build the input gradient: {len(unsupported)} op type(s) on the path from the image to the "
-            "output have no gradient rule: " + "; ".join(parts) + "."
+            "output have no gradient rule: " + "; ".join(parts) + "." + (f" {hint}" if hint else "")
         )
 
 

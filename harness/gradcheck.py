@@ -13,7 +13,9 @@ fixed step both drowns in rounding and crosses ReLU kinks:
 - **Steps that must converge**: each step h is paired with h/2 and extrapolated (Richardson,
   (4 D(h/2) - D(h)) / 3, error O(h^4)); the errors at every step are reported, and the best one is the
   verdict. A wrong rule leaves an error that no step removes, the same at every step. Where float32 rounding of
-  a large output dominates, the step grows until the error is within the tolerance or rises again. An error
+  a large output dominates, the step grows until the error is within the tolerance or rises again; where
+  curvature dominates (the error falls from the larger step to the smaller one, as behind Swin V2's sharp
+  cosine attention), it shrinks until the error is within the tolerance or stops falling. An error
   above the tolerance that changes from step to step as much as it persists is rounding or curvature, not the
   gradient: the verdict is then "inconclusive", never a pass or a fail.
 - **Logits, then the head exactly**: behind a Softmax or Sigmoid head, the gradient of the head's input is
@@ -42,6 +44,7 @@ from harness.runtime import GradientRuntime
 DEFAULT_TOLERANCE = 1e-3
 DEFAULT_STEPS = (1e-1, 3e-2)
 GROWTH, LARGEST_STEP = 3.0, 1e3    # how the step grows while rounding limits the error, and how far
+SMALLEST_STEP = 1e-3               # how far it shrinks while curvature limits it
 FLAT_STEP = 10.0                   # an output still flat at this step does not respond to its input
 RISING = 1.5                       # an error this far above the smallest one: curvature, stop growing
 CONSISTENT = 4.0                   # residuals this consistent between the two best steps: the gradient is wrong
@@ -69,15 +72,17 @@ class GradientCheck:
     consistency: float = 0.0   # how much the residuals at the two best steps share (see _consistency)
     forward_error: float = 0.0  # the prepared model's outputs against the original's (relative L2)
     head_error: float | None = None   # the gradient through the head against the chain rule (relative L2)
+    underflow: bool = False    # the gradient is non-zero but below float32's normal range: not representable
 
     @property
     def verdict(self) -> str:
         """"pass"; "fail" when the error persists across steps, the head's gradient breaks the chain rule or the
-        prepared model computes something else; "inconclusive" when the output is flat or the residual changes
-        from step to step as much as it persists (rounding or curvature, not the gradient)."""
+        prepared model computes something else; "inconclusive" when the output is flat, the gradient underflows
+        float32, or the residual changes from step to step as much as it persists (rounding or curvature, not
+        the gradient)."""
         if self.forward_error > SAME_FUNCTION or (self.head_error or 0.0) > self.tolerance:
             return "fail"
-        if self.flat:
+        if self.flat or self.underflow:
             return "inconclusive"
         if self.relative_error <= self.tolerance:
             return "pass"
@@ -103,7 +108,9 @@ def check_gradient(runtime, x: np.ndarray, classes: np.ndarray | None = None, di
     the error is still falling at the largest step, the step grows threefold until the error is within the
     tolerance or rises again, up to ``LARGEST_STEP``: a frozen ReLU network is affine along each line, so a
     large step is exact for it, while curvature (sigmoids, softmax, LRN) makes the error rise at large steps,
-    and a wrong gradient meets a floor that no step lowers.
+    and a wrong gradient meets a floor that no step lowers. Where the error at the smallest step is above the
+    tolerance and no larger than at the next, the step shrinks threefold while that holds, down to
+    ``SMALLEST_STEP``: curvature (Swin V2's sharp cosine attention) makes the error fall as the step shrinks.
     """
     if directions < 1 or not relative_steps:
         raise HarnessError("the gradient check needs at least one direction and one step")
@@ -147,16 +154,28 @@ def check_gradient(runtime, x: np.ndarray, classes: np.ndarray | None = None, di
         if not moved and max(trials) >= FLAT_STEP:                            # the output stays flat even at
             break                                                             # steps beyond the input's size
         trial(max(trials) * GROWTH)
+    while min(trials) / GROWTH >= SMALLEST_STEP and _falling_to_smaller_steps(trials, tolerance):
+        trial(min(trials) / GROWTH)   # curvature dominates (sharp softmax attention): a smaller step converges
     informative = [s for s in trials if not trials[s][4]] or list(trials)   # steps where the output moved
     ranked = sorted(informative, key=lambda s: trials[s][0])
     step = ranked[0]
     error, cosine, crossed, residual, _ = trials[step]
     consistency = _consistency(residual, trials[ranked[1]][3]) if len(ranked) > 1 else 0.0
     flat = all(t[4] for t in trials.values())
+    largest = float(np.abs(grads).max()) if grads.size else 0.0
     result = GradientCheck(error, cosine, n, directions, step, tolerance, differentiated,
                            {s: trials[s][0] for s in sorted(trials, reverse=True)}, units, crossed, note, flat,
-                           consistency, forward_error, head_error)
+                           consistency, forward_error, head_error, bool(0.0 < largest < np.finfo(np.float32).tiny))
     return GradientCheck(**{**asdict(result), "note": _explained(result, note)})
+
+
+def _falling_to_smaller_steps(trials: dict, tolerance: float) -> bool:
+    """Whether the error at the smallest step is above the tolerance and at most the error at the next one:
+    curvature of the output, which a smaller step reduces. A wrong gradient meets its floor (and the two
+    smallest steps then share its residual), and rounding makes the error rise as the step shrinks (where
+    rounding dominates, the error is larger at the smaller of the default steps, and no smaller one is tried)."""
+    moved = [trials[s][0] for s in sorted(trials) if not trials[s][4]]
+    return len(moved) > 1 and tolerance < moved[0] <= moved[1]
 
 
 def _shadow_note(gap: float) -> str:
@@ -181,7 +200,12 @@ def _explained(result: GradientCheck, note: str) -> str:
     if (result.head_error or 0.0) > result.tolerance:
         reasons.append(f"the gradient through the head differs from the chain rule applied to its input's "
                        f"gradient (relative L2 {result.head_error:.1e})")
-    if result.flat:
+    if result.underflow:
+        reasons.append("inconclusive: every entry of the gradient lies below float32's smallest normal number "
+                       f"({np.finfo(np.float32).tiny:.1e}), so float32 represents it only to a few bits, whatever "
+                       "computes it (a network at a degenerate initialisation); check at inputs or weights where "
+                       "the output responds")
+    elif result.flat:
         reasons.append("inconclusive: the output does not change along any direction at any step, so there is "
                        "nothing to compare; check at inputs the model responds to (the model card's "
                        "preprocessing, real images)")

@@ -1,10 +1,12 @@
 """Card facts from the Hugging Face files beside a model: ``preprocessor_config.json`` and ``config.json``.
 
 ``optimum-cli export onnx`` (and ``transformers``' own ``save_pretrained``) write these next to ``model.onnx``.
-They state what a card states: the image processor's size (``crop_size`` where it centre-crops, else
-``size``), ``image_mean`` and ``image_std``, whether it rescales (``rescale_factor`` 1/255: pixels in [0, 1])
-and normalises, and the model's ``id2label`` and ``num_channels``. Image processors hand models
-``pixel_values`` as [N, C, H, W], so the layout is NCHW. The files are third-party input: each must be a
+They state what a card states: the image processor's size (``crop_size`` where it centre-crops, else ``size``),
+``image_mean`` and ``image_std``, whether it rescales (``rescale_factor`` 1/255: pixels in [0, 1]) and normalises
+(``do_normalize``; where it is absent, every processor does but MobileViT's, which has no normalisation step
+though ``save_pretrained`` writes its inherited mean and std), whether it flips the channels to BGR
+(``do_flip_channel_order``, MobileViT's), and the model's ``id2label`` and ``num_channels``. Image processors hand
+models ``pixel_values`` as [N, C, H, W], so the layout is NCHW. The files are third-party input: each must be a
 regular file of at most ``MAX_CONFIG_BYTES``, hold a JSON object, and every fact is type-checked and bounded
 before it is used; anything else is a ModelCardError naming the file.
 """
@@ -26,6 +28,8 @@ RESCALE_TO_UNIT = 1 / 255
 # Keys by which a config is Hugging Face's (another tool's config.json beside a model is not read).
 PROCESSOR_MARKERS = ("image_processor_type", "feature_extractor_type", "image_mean", "image_std")
 CONFIG_MARKERS = ("model_type", "architectures", "transformers_version")
+# Processors without a normalisation step (their configs may still hold an image_mean and image_std).
+UNNORMALISED_PROCESSORS = ("MobileViTImageProcessor", "MobileViTFeatureExtractor")
 
 
 def hugging_face_facts(model_dir: Path) -> dict:
@@ -50,7 +54,14 @@ def hugging_face_facts(model_dir: Path) -> dict:
             raise ModelCardError(f"{PREPROCESSOR_CONFIG}: rescale_offset shifts the rescaled pixels, which the "
                                  "card cannot state from it; give the range with --pixel-range")
         facts["pixel_range"] = [0.0, 255.0 * factor] if rescales else [0.0, 255.0]
-        if processor.get("do_normalize", True):
+        flips, normalises = processor.get("do_flip_channel_order", False), processor.get("do_normalize",
+                                                                                         _normalises(processor))
+        if not isinstance(flips, bool) or not isinstance(normalises, bool):
+            raise ModelCardError(f"{PREPROCESSOR_CONFIG}: do_flip_channel_order and do_normalize must be true or "
+                                 "false")
+        if flips:
+            facts["channel_order"] = "BGR"
+        if normalises:
             for key, fact in (("image_mean", "mean"), ("image_std", "std")):
                 if key in processor:
                     facts[fact] = _numbers(processor[key], key, channels)
@@ -58,6 +69,12 @@ def hugging_face_facts(model_dir: Path) -> dict:
     if labels is not None:
         facts["labels"] = _labels(labels)
     return facts
+
+
+def _normalises(processor: dict) -> bool:
+    """Whether a processor that does not say (no ``do_normalize``) normalises: all but MobileViT's do."""
+    kind = processor.get("image_processor_type", processor.get("feature_extractor_type", ""))
+    return not (isinstance(kind, str) and kind.startswith(UNNORMALISED_PROCESSORS))
 
 
 def _read(path: Path, markers: tuple[str, ...]) -> dict | None:

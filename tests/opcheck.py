@@ -32,6 +32,7 @@ class OpCase:
     distinct: bool = False      # draw well-separated values (max pools, reductions to extrema)
     symbolic_batch: bool = False  # declare dim 0 of a single input as symbolic "N"
     symbolic_spatial: bool = False  # declare dims 2.. of a single input as symbolic "H", "W", ...
+    runtime_inputs: tuple = ()  # constant inputs computed at run time, as const + (N - N) with N = X's symbolic dim 0
     engine: str = "reference"   # evaluator of the float64 graphs: "reference", "ort64" or "ort32" (see check_case)
     fd_step: float = 1e-6
     fd_tolerance: float = 1e-6
@@ -69,6 +70,16 @@ def build_model(case: OpCase, dtype: int) -> tuple[onnx.ModelProto, int]:
                 array = array.astype(np_dtype)
             inits.append(numpy_helper.from_array(array, f"const{i}"))
             node_inputs.append(f"const{i}")
+            if i in case.runtime_inputs:     # const + (N - N): nothing the folding can evaluate
+                inits += [numpy_helper.from_array(np.array([0]), f"zero{i}"),
+                          numpy_helper.from_array(np.array([1]), f"one{i}")]
+                nodes += [helper.make_node("Shape", ["X"], [f"shape{i}"]),
+                          helper.make_node("Slice", [f"shape{i}", f"zero{i}", f"one{i}"], [f"batch{i}"]),
+                          helper.make_node("Sub", [f"batch{i}", f"batch{i}"], [f"none{i}"]),
+                          helper.make_node("Cast", [f"none{i}"], [f"nothing{i}"],
+                                           to=helper.np_dtype_to_tensor_dtype(array.dtype)),
+                          helper.make_node("Add", [f"const{i}", f"nothing{i}"], [f"runtime{i}"])]
+                node_inputs[-1] = f"runtime{i}"
     outputs = [f"out{j}" for j in range(case.outputs)]
     attrs = {k: (dtype if v == "model-dtype" else v) for k, v in case.attrs.items()}
     nodes.append(helper.make_node(case.op_type, node_inputs, outputs, name="op_under_test", **attrs))

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.gradcheck import DEFAULT_TOLERANCE, check_gradient
+from harness.gradcheck import CONSISTENT, DEFAULT_TOLERANCE, check_gradient
 from harness.gradients.registry import VJP_RULES, load_rules
 from harness.model_card import read_card
 from harness.onnx_io import load_model
@@ -221,6 +221,73 @@ def test_every_kind_of_kink_is_held():
     result = check_gradient(runtime, x)
     assert result.passed, result
     assert result.kinks_frozen == 6 * 8 * 8 * 9 + 6 and result.kinks_crossed > 0
+
+
+def sharp_softmax_model(sharpness: float) -> onnx.ModelProto:
+    """A Softmax over channels of sharpened conv features (as Swin V2's cosine attention sharpens its scores by a
+    learnt scale), pooled into a dense head: curvature dominates the differences at the default steps."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "sharpness"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["p"], axis=1),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1)]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.float32(sharpness), "sharpness"),
+             numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "fc")]
+    return image_model("sharp", nodes, inits, "logits", 4)
+
+
+def test_a_sharply_curved_output_passes_at_smaller_steps():
+    """At the default steps the error is curvature's (0.3 and 0.09, falling fast): the step shrinks until the
+    extrapolated differences converge, instead of an inconclusive verdict."""
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    result = check_gradient(GradientRuntime(sharp_softmax_model(10.0), use_cache=False), x)
+    assert result.errors_by_step[0.03] > 10 * DEFAULT_TOLERANCE      # the default steps alone: inconclusive
+    assert result.passed and result.step < 0.03, result
+
+
+@pytest.mark.parametrize("op_type, factor", [("Gemm", 1.002), ("Softmax", 1.01)])
+def test_a_wrong_rule_still_fails_where_the_step_shrinks(op_type, factor, rule_off_by):
+    rule_off_by(op_type, factor)
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    result = check_gradient(GradientRuntime(sharp_softmax_model(10.0), use_cache=False), x)
+    assert result.verdict == "fail" and min(result.errors_by_step) < 0.03, result
+    assert min(result.errors_by_step.values()) > DEFAULT_TOLERANCE and result.consistency > CONSISTENT
+
+
+def test_kinks_of_tensors_whose_batch_is_merged_with_other_dims_are_held():
+    """Swin's windows are [N * windows, ...]: a Clip there (Swin V2's normalisation of queries and keys) counts
+    its changed units per image all the same."""
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "windows"], ["win"]),
+             helper.make_node("Clip", ["win", "low"], ["clipped"]),
+             helper.make_node("Reshape", ["clipped", "maps"], ["back"]),
+             helper.make_node("GlobalAveragePool", ["back"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1)]
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([-1, 6, 4, 4], np.int64), "windows"),
+             numpy_helper.from_array(np.array([-1, 6, 8, 8], np.int64), "maps"),
+             numpy_helper.from_array(np.float32(0.1), "low"),
+             numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "fc")]
+    runtime = GradientRuntime(image_model("windows", nodes, inits, "logits", 4), use_cache=False)
+    result = check_gradient(runtime, rng.standard_normal((3, 3, 8, 8)).astype(np.float32))
+    assert result.passed and result.kinks_crossed > 0, result
+
+
+def test_a_gradient_below_float32_s_normal_range_is_inconclusive():
+    """Logits scaled by 1e-40 (as a random network at a degenerate initialisation computes them): no float32
+    computation resolves the gradient, so the check says so rather than pass or fail."""
+    model = tf_same_padding_model()
+    model.graph.node[-1].output[0] = "raw"
+    model.graph.node.append(helper.make_node("Mul", ["raw", "tiny"], ["logits"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.float32(1e-40), "tiny"))
+    x = np.random.default_rng(2).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    result = check_gradient(GradientRuntime(model, use_cache=False), x)
+    assert result.underflow and result.verdict == "inconclusive" and "smallest normal number" in result.note
 
 
 def test_a_wrong_softmax_rule_fails_through_the_head(rule_off_by):

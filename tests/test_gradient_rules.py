@@ -108,6 +108,9 @@ CASES = [
     OpCase("ConvTranspose-output-padding", "ConvTranspose", [(1, 3, 3, 4), W_T], attrs={"strides": [2, 2], "output_padding": [1, 1]}),
     OpCase("ConvTranspose-groups-dilation", "ConvTranspose", [(1, 4, 3, 3), rng.normal(size=(4, 1, 2, 2))], attrs={"group": 2, "dilations": [2, 2]}, engine="ort32", fd_step=0.1, fd_tolerance=1e-4),
     OpCase("ConvTranspose-output-shape", "ConvTranspose", [(1, 3, 3, 3), W_T], attrs={"strides": [2, 2], "output_shape": [6, 6]}, engine="ort32", fd_step=0.1, fd_tolerance=1e-4),
+    # Col2Im (opset 18): MobileViT V2's fold of non-overlapping 2x2 patches, and overlapping dilated padded blocks
+    OpCase("Col2Im-patches", "Col2Im", [(2, 3 * 4, 6), np.array([4, 6], I64), np.array([2, 2], I64)], attrs={"strides": [2, 2]}, opset=18),
+    OpCase("Col2Im-overlapping", "Col2Im", [(1, 2 * 6, 10), np.array([5, 6], I64), np.array([2, 3], I64)], attrs={"strides": [2, 1], "dilations": [2, 1], "pads": [1, 0, 0, 1]}, opset=18),
     OpCase("ConvTranspose-same-upper", "ConvTranspose", [(1, 3, 3, 3), W_T], attrs={"strides": [2, 2], "auto_pad": "SAME_UPPER"}, engine="ort32", fd_step=0.1, fd_tolerance=1e-4),
     # pooling
     OpCase("MaxPool-3x3s2p1", "MaxPool", [(2, 2, 6, 6)], attrs={"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, distinct=True, engine="ort64"),
@@ -158,6 +161,7 @@ CASES = [
     OpCase("Slice-unit", "Slice", [(3, 5), np.array([1, -4], I64), np.array([3, 4], I64), np.array([0, 1], I64)]),
     OpCase("Slice-step", "Slice", [(3, 7), np.array([6], I64), np.array([0], I64), np.array([1], I64), np.array([-2], I64)]),
     OpCase("Slice-huge-end", "Slice", [(2, 5), np.array([1], I64), np.array([2**62], I64), np.array([1], I64)]),
+    OpCase("Slice-runtime-ends", "Slice", [(2, 3, 5), np.array([0, 1], I64), np.array([2, -1], I64), np.array([1, 2], I64)], symbolic_batch=True, runtime_inputs=(2,)),
     OpCase("Gather-class-token", "Gather", [(2, 4, 3), np.array(0, I64)], attrs={"axis": 1}),
     OpCase("Gather-repeated", "Gather", [(5, 2), np.array([[0, 4], [4, -1]], I64)]),
     OpCase("GatherElements", "GatherElements", [(3, 3), np.array([[0, 0], [2, 1], [1, 1]], I64)], attrs={"axis": 1}),
@@ -167,6 +171,8 @@ CASES = [
     OpCase("Pad-negative", "Pad", [(2, 5), np.array([0, -1, 1, -2], I64)], engine="ort64"),  # the reference cannot crop
     OpCase("Pad-reflect", "Pad", [(1, 2, 4, 4), np.array([0, 0, 2, 1, 0, 0, 1, 2], I64)], attrs={"mode": "reflect"}),
     OpCase("Pad-edge", "Pad", [(3, 4), np.array([1, 2, 2, 0], I64)], attrs={"mode": "edge"}),
+    OpCase("Pad-runtime-pads", "Pad", [(2, 3, 4, 5), np.array([0, 0, 1, 0, 0, 0, 2, 3], I64)], symbolic_batch=True, runtime_inputs=(1,), engine="ort64"),
+    OpCase("Pad-runtime-crop-axes-18", "Pad", [(2, 3, 4, 5), np.array([2, -1, -1, 1], I64), None, np.array([2, 3], I64)], opset=18, symbolic_batch=True, runtime_inputs=(1,), engine="ort64"),
     OpCase("Pad-axes-18", "Pad", [(2, 3, 4), np.array([1, 2], I64), None, np.array([-1], I64)], opset=18),
     OpCase("AveragePool-one-window-beyond-the-input", "AveragePool", [(2, 3, 3, 4)], attrs={"kernel_shape": [9, 9], "strides": [9, 9], "ceil_mode": 1}, engine="ort32", fd_step=1e-2, fd_tolerance=1e-4),
     OpCase("AveragePool-one-window-padded", "AveragePool", [(1, 2, 3, 3)], attrs={"kernel_shape": [5, 5], "pads": [1, 1, 1, 1], "count_include_pad": 1}),

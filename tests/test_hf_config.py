@@ -60,6 +60,20 @@ def test_a_processor_without_rescaling_takes_raw_pixels(tmp_path):
     assert card.pixel_range == (0.0, 255.0) and card.mean is None
 
 
+def test_mobilevit_s_processor_flips_to_bgr_and_does_not_normalise(tmp_path):
+    """transformers' MobileViTImageProcessor writes the mean and std it inherits, but has no normalisation step
+    (and no do_normalize); it flips the channels to BGR."""
+    mobilevit = {"image_processor_type": "MobileViTImageProcessor", "do_rescale": True,
+                 "rescale_factor": 0.00392156862745098, "do_center_crop": True,
+                 "crop_size": {"height": 64, "width": 64}, "size": {"shortest_edge": 64},
+                 "do_flip_channel_order": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+    path = export_folder(tmp_path, mobilevit)
+    card = read_card(onnx.load(str(path)), model_path=path)
+    assert card.channel_order == "BGR" and card.mean is None and card.std is None
+    pixels = np.stack([np.full((64, 64), v, np.float32) for v in (0.1, 0.2, 0.3)])[None]
+    np.testing.assert_allclose(card.to_model(pixels)[0, :, 0, 0], [0.3, 0.2, 0.1], rtol=1e-6)
+
+
 def test_another_tool_s_config_json_is_not_read(tmp_path):
     path = export_folder(tmp_path, processor=None, config={"learning_rate": 0.1, "image_size": 7})
     card = read_card(onnx.load(str(path)), model_path=path)
@@ -72,7 +86,8 @@ def test_another_tool_s_config_json_is_not_read(tmp_path):
     (PROCESSOR, {**CONFIG, "id2label": {"0": "a", "2": "b"}}, "id2label must name each class 0 to 1 once"),
     (PROCESSOR, {**CONFIG, "id2label": {"zero": "a"}}, "id2label's keys must be class indices"),
     ({**PROCESSOR, "rescale_factor": float("inf")}, CONFIG, "rescale_factor a positive number"),
-], ids=["mean-not-numbers", "crop-negative", "labels-gap", "labels-not-indices", "rescale-infinite"])
+    ({**PROCESSOR, "do_flip_channel_order": "yes"}, CONFIG, "do_flip_channel_order and do_normalize must be"),
+], ids=["mean-not-numbers", "crop-negative", "labels-gap", "labels-not-indices", "rescale-infinite", "flip-not-bool"])
 def test_a_malformed_config_is_refused_naming_the_fact(tmp_path, processor, config, words):
     path = export_folder(tmp_path, processor, config)
     with pytest.raises(ModelCardError, match=words):

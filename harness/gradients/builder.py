@@ -22,7 +22,7 @@ from harness.gradients.context import (
     UnsupportedConfiguration,
     VJPContext,
 )
-from harness.gradients.folding import rename_node_tensors
+from harness.gradients.folding import NEVER_FOLDED, rename_node_tensors
 from harness.gradients.graph import STANDARD_DOMAINS, default_opset
 from harness.gradients.prepare import inferred_infos, prepare
 from harness.gradients.registry import NON_DIFFERENTIABLE, VJP_RULES, load_rules, rule_key
@@ -33,6 +33,7 @@ INPUT_GRAD = "input_grad"
 TARGET_KEY = "harness.gradient_target"   # metadata: the output whose gradient is taken
 INPUT_KEY = "harness.gradient_input"     # metadata: the image input
 NOTES_KEY = "harness.preparation"        # metadata: what preparation changed (a JSON list of sentences)
+SHAPE_READERS = ("Shape", "Size")      # ops that read their input's shape, never its values
 CONTROL_FLOW = {"If": "an If whose condition is computed at run time (only a constant condition is folded)",
                 "Loop": "a Loop (control flow has no gradient rule)",
                 "Scan": "a Scan (control flow has no gradient rule)"}
@@ -78,10 +79,13 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
         _refuse_cut_paths(graph, image, differentiated, image_active, relevant)
 
     taken = _all_names(graph)
-    emitter = GraphEmitter(taken, opset, infos, prepared.constants)
+    emitter = GraphEmitter(taken, opset, infos, prepared.constants, _computed_from_shapes(graph, prepared.constants))
     backward = _Backward(emitter, active, relevant)
     backward.seed(differentiated, GRAD_SEED)
-    backward.run(reversed(to_differentiate))
+    try:
+        backward.run(reversed(to_differentiate))
+    except UnsupportedOpsError as error:
+        raise UnsupportedOpsError(error.unsupported, error.details, _open_size_hint(infos[image])) from None
 
     shadow_image = prepared.differentiated(image)
     outputs = [(INPUT_GRAD, backward.final_grad(shadow_image), shadow_image)]
@@ -148,6 +152,16 @@ def _without_reserved_names(model: onnx.ModelProto, reserved: set[str]) -> tuple
 def _renaming_note(renamed: dict) -> str:
     return ("the model's tensors " + ", ".join(f"{old!r} -> {new!r}" for old, new in renamed.items()) +
             " were renamed: the gradient model's own inputs and outputs carry those names")
+
+
+def _open_size_hint(image: TensorInfo) -> str:
+    """Where the image's size is open in the graph (optimum names it height and width), how to fix it: rules
+    that need static shapes (pooling windows, SAME pads) then get them, and pads computed from it fold."""
+    dims = image.dims or ()
+    if all(isinstance(d, int) for d in dims[1:]):
+        return ""
+    return (f"The image input's size is open in the graph ({list(dims)}): give it (--input-size C H W, a card, or "
+            "the Hugging Face config.json and preprocessor_config.json beside the model) and these shapes are known.")
 
 
 def preparation_notes(model: onnx.ModelProto) -> list[str]:
@@ -258,6 +272,17 @@ def _forward_active(graph: onnx.GraphProto, sources: set[str], infos: dict[str, 
                 if o and infos.get(o, TensorInfo(0, None)).is_float:
                     active.add(o)
     return active
+
+
+def _computed_from_shapes(graph: onnx.GraphProto, constants: dict) -> frozenset[str]:
+    """Tensors whose values come from constants and tensor shapes alone (Shape, Size, and arithmetic on them),
+    not from any tensor's values: pads and slice bounds a graph computes from an open image size."""
+    known = set(constants)
+    for node in graph.node:
+        if node.op_type in SHAPE_READERS or all(i in known for i in node_inputs(node)):
+            if node.op_type not in NEVER_FOLDED or node.op_type == "Constant":
+                known.update(o for o in node.output if o)
+    return frozenset(known - set(constants))
 
 
 def _backward_relevant(graph: onnx.GraphProto, sinks: set[str]) -> set[str]:

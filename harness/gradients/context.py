@@ -54,12 +54,13 @@ class GraphEmitter:
     """Appends nodes and constants to the backward graph with fresh, collision-free names."""
 
     def __init__(self, taken_names: set[str], opset: int, infos: dict[str, TensorInfo],
-                 constants: dict[str, np.ndarray]):
+                 constants: dict[str, np.ndarray], shape_computed: frozenset[str] = frozenset()):
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.opset = opset
         self.infos = infos
         self.constants = constants
+        self.shape_computed = shape_computed   # tensors computed from constants and tensor shapes alone
         self._taken = taken_names
         self._counter = 0
         self._const_cache: dict[tuple, str] = {}
@@ -272,6 +273,15 @@ class VJPContext:
         if value is None:
             raise UnsupportedConfiguration(f"{what} (input {i}) must be a constant")
         return value
+
+    def shape_input(self, i: int, what: str) -> str | None:
+        """The name of input ``i`` where its value is a constant or computed from tensor shapes alone (Swin's
+        pads, from a feature map's open size); None when it is absent; fails where it depends on values."""
+        name = self.input(i)
+        if name is None or name in self.emit.constants or name in self.emit.shape_computed:
+            return name
+        raise UnsupportedConfiguration(f"{what} (input {i}) must be a constant or computed from tensor shapes, "
+                                       "not from values")
 
     # -- shortcuts to the emitter ---------------------------------------------------------------------
     def op(self, op_type: str, *inputs, n_out: int = 1, **attrs):

@@ -84,8 +84,13 @@ class Freezer:
                                                 name=self.emit.fresh("frozen")))
 
     def count(self, condition: str) -> str:
-        """The number of true entries of a boolean tensor per batch row (int64 [N])."""
-        rows = self.op("Cast", self.op("Reshape", condition, self.emit.ints([0, -1])), to=TensorProto.INT64)
+        """The number of true entries of a boolean tensor per image (int64 [N]): its elements in N equal rows.
+
+        Where the batch leads (or leads merged with other dims, as Swin's [N * windows, ...] do) row i is image
+        i's; elsewhere the rows mix images, and only their total, which the check reports, is exact."""
+        batch = self.op("Slice", self.op("Shape", self.image), self.emit.ints([0]), self.emit.ints([1]))
+        shape = self.op("Concat", batch, self.emit.ints([-1]), axis=0)
+        rows = self.op("Cast", self.op("Reshape", condition, shape), to=TensorProto.INT64)
         return self.op("ReduceSum", rows, self.emit.ints([1]), keepdims=0)
 
     def batch_first(self, name: str) -> bool:
@@ -123,6 +128,11 @@ def frozen_model(prepared: PreparedModel, output: str) -> tuple[onnx.ModelProto,
         emit.nodes.append(_renamed(node, reference))
     changes, units = [], 0
     for node in needed:
+        if _carries_no_gradient(node, prepared.infos):   # an integer Max of shape arithmetic included
+            for o in node.output:
+                if o:
+                    emit.nodes.append(helper.make_node("Identity", [reference(o)], [o], name=emit.fresh("held")))
+            continue
         freezer = FREEZERS.get(rule_key(node))
         if freezer is not None:
             count = freezer(Freezer(node, emit, reference, prepared.image))
@@ -130,11 +140,6 @@ def frozen_model(prepared: PreparedModel, output: str) -> tuple[onnx.ModelProto,
                 changes.append(count)
                 units += _units(prepared.infos.get(node.output[0]))
                 continue
-        if _carries_no_gradient(node, prepared.infos):
-            for o in node.output:
-                if o:
-                    emit.nodes.append(helper.make_node("Identity", [reference(o)], [o], name=emit.fresh("held")))
-            continue
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         emit.nodes.append(copy)

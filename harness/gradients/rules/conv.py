@@ -1,4 +1,5 @@
-"""Convolutions. The input gradient of Conv is a ConvTranspose with the same weights, and vice versa."""
+"""Convolutions. The input gradient of Conv is a ConvTranspose with the same weights, and vice versa; that of
+Col2Im (blocks summed into an image) is Im2Col, a grouped Conv with one-hot kernels."""
 
 from __future__ import annotations
 
@@ -191,3 +192,24 @@ def window_counts(size: int, out: int, k: int, s: int, d: int, pad_begin: int) -
     """How many real (non-padding) positions each of the ``out`` windows along one axis covers."""
     starts = np.arange(out)[:, None] * s - pad_begin + np.arange(k)[None, :] * d
     return ((starts >= 0) & (starts < size)).sum(axis=1)
+
+
+@vjp("Col2Im")
+def col2im(ctx: VJPContext) -> None:
+    """y = Col2Im(x): each column of x [N, C * prod(k), L] is a block added into the image [N, C, *image_shape]
+    at its sliding-window position. dx is the adjoint, Im2Col of g: the blocks read back out of the gradient,
+    written as a grouped Conv with one-hot kernels (output channel c * prod(k) + j of group c picks kernel
+    offset j) and the same strides, dilations and pads, reshaped to [N, C * prod(k), L]."""
+    x, g = ctx.input(0), ctx.grad_output(0)
+    block = [int(b) for b in ctx.constant_input(2, "Col2Im block_shape")]
+    dims = ctx.dims(x)
+    size = int(np.prod(block))
+    if dims is None or not isinstance(dims[1], int) or dims[1] % size:
+        raise UnsupportedConfiguration(f"the Col2Im input's second dim must be a known multiple of {size} "
+                                       f"(got {dims})")
+    channels, n = dims[1] // size, len(block)
+    one_hot = np.tile(np.eye(size).reshape(size, 1, *block), (channels, 1, *[1] * n))
+    blocks = ctx.op("Conv", g, ctx.emit.const(one_hot, ctx.emit.elem_type(x)), group=channels, kernel_shape=block,
+                    strides=list(ctx.attr("strides", [1] * n)), dilations=list(ctx.attr("dilations", [1] * n)),
+                    pads=list(ctx.attr("pads", [0] * (2 * n))))
+    ctx.set_grad(0, ctx.op("Reshape", blocks, ctx.emit.ints([0, dims[1], -1])))

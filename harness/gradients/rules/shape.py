@@ -95,8 +95,15 @@ def split(ctx: VJPContext) -> None:
 
 @vjp("Slice")
 def slice_(ctx: VJPContext) -> None:
-    """Unit steps over known dims: pad the gradient back with zeros. Otherwise: route back through an iota."""
+    """Unit steps over known dims: pad the gradient back with zeros. Otherwise (other steps, open dims, or
+    starts, ends, axes or steps computed at run time): route back through an iota."""
     x = ctx.input(0)
+    names = ["starts", "ends", "axes", "steps"]
+    if any(ctx.input(i) and ctx.emit.constant_value(ctx.input(i)) is None for i in range(1, ctx.num_inputs)):
+        for i in range(1, ctx.num_inputs):
+            ctx.shape_input(i, f"Slice {names[i - 1]}")
+        _route_back(ctx, "Slice", *ctx.node.input[1:])
+        return
     starts = ctx.constant_input(1, "Slice starts")
     ends = ctx.constant_input(2, "Slice ends")
     rank = ctx.rank(x)
@@ -135,11 +142,17 @@ def gather_nd(ctx: VJPContext) -> None:
 
 @vjp("Pad")
 def pad(ctx: VJPContext) -> None:
-    """Constant mode: slice the padding off the gradient (and zero-pad what was cropped). Other modes: route back."""
+    """Constant mode: slice the padding off the gradient (and zero-pad what was cropped). Pads computed at run
+    time (Swin's, from the feature map's size, where that is open): Pad the gradient by the negated pads, which
+    crops what was padded and zero-pads what was cropped. Other modes: route back."""
     ctx.require_inactive(2, why="the gradient w.r.t. the Pad value is not supported")
     mode = ctx.attr("mode", "constant")
     if mode != "constant":
         _route_back(ctx, "Pad", *ctx.node.input[1:], mode=mode)
+        return
+    if any(ctx.input(i) and ctx.emit.constant_value(ctx.input(i)) is None for i in (1, 3) if i < ctx.num_inputs):
+        pads, axes = ctx.shape_input(1, "Pad pads"), ctx.shape_input(3, "Pad axes")
+        ctx.set_grad(0, ctx.op("Pad", ctx.grad_output(0), ctx.op("Neg", pads), *([None, axes] if axes else [])))
         return
     pads = ctx.constant_input(1, "Pad pads")
     axes = ctx.constant_input(3, "Pad axes") if ctx.num_inputs > 3 else None
