@@ -3,10 +3,11 @@
 IR 3 / opset 9 model with LRN, and the Caffe2-converted models that the onnx package ships as its own backend test
 data (used from the installed package, not copied).
 
-``export_scripts/foreign_zoo.py`` made the fixtures in ``tests/fixtures/foreign/`` with the frameworks installed,
-and stored the golden input gradients that each *source framework* computes in float64 (TF GradientTape,
-jax.grad, Paddle autograd, scikit-learn's own predict_proba, an independent float64 evaluation for the ONNX-only
-models). These tests need none of those frameworks.
+``python -m export_scripts.foreign_zoo`` (the package ``export_scripts/foreign_zoo/``) made the fixtures in
+``tests/fixtures/foreign/`` with the frameworks installed, and stored the golden input gradients that each
+*source framework* computes in float64 (TF GradientTape, jax.grad, Paddle autograd, scikit-learn's own
+predict_proba, an independent float64 evaluation for the ONNX-only models). These tests need none of those
+frameworks.
 
 A float32 ReLU network can sit on another linear piece than its float64 twin where a unit's pre-activation is
 within rounding of 0. The manifest counts those flipped units per image; where there are any, the golden for
@@ -25,6 +26,8 @@ import onnx.backend.test
 import onnxruntime as ort
 import pytest
 
+from export_scripts.foreign_zoo.pieces import float32_kinks, piece_gradient
+from export_scripts.onnx_float64 import PieceTorchGraph, fed_inputs
 from harness.gradients import GRAD_SEED, INPUT_GRAD, add_input_gradient
 from harness.feeding import ImageAdapter, feeding_layout
 from harness.model_card import read_card
@@ -63,10 +66,7 @@ def golden(name: str) -> dict:
 def piece_gradient_here(name: str, reference: dict, i: int) -> np.ndarray:
     """The float64 gradient of the linear piece that *this* machine's onnxruntime float32 selects (the stored
     piece golden holds the states of the machine that made it; float32 kernels differ between CPUs)."""
-    pytest.importorskip("torch")
-    # The float64 interpretation behind the goldens; imported here because it needs torch and sets up threads.
-    from export_scripts.foreign_zoo import PieceTorchGraph, fed_inputs, float32_kinks, piece_gradient
-
+    pytest.importorskip("torch")      # the float64 interpretation behind the goldens
     model = onnx.load(str(model_path(name)))
     image, tensor = fed_inputs(model)[0].name, str(reference["output"])
     kinks = float32_kinks(model, image, reference["inputs"][i:i + 1], tensor)
