@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.attribution import Context, explain  # noqa: E402
-from harness.model_card import ModelCard, read_card  # noqa: E402
-from harness.runtime import GradientRuntime  # noqa: E402
+from harness.model.card import ModelCard, read_card  # noqa: E402
+from harness.runtime.gradient import GradientRuntime  # noqa: E402
 
 
 def model_and_card(args) -> tuple[Path, ModelCard]:

@@ -37,11 +37,11 @@ sys.path.insert(0, str(ROOT / "export_scripts"))
 from architectures import build  # noqa: E402
 from exporting import export_onnx  # noqa: E402
 
-from harness.feeding import build_gradient_model  # noqa: E402
+from harness.core.onnx_io import load_model  # noqa: E402
 from harness.gradients import add_input_gradient  # noqa: E402
-from harness.model_card import read_card  # noqa: E402
-from harness.onnx_io import load_model  # noqa: E402
-from harness.sessions import inference_session  # noqa: E402
+from harness.model.card import read_card  # noqa: E402
+from harness.model.feeding import build_gradient_model  # noqa: E402
+from harness.runtime.sessions import inference_session  # noqa: E402
 
 WARMUP = 2
 

@@ -8,9 +8,9 @@ Each round runs both engines into fresh run directories (so every unit is comput
 with the gradient-model cache warm. The driver is pinned to ``--workers`` x ``--cpus`` threads
 (``timing.pin_threads``; the cluster's processes inherit the CPU affinity and the thread variables). The local
 engine runs its runtime on those cores (two streams of half the threads each,
-:func:`harness.sessions.stream_plan`); the Ray engine runs ``--workers`` workers of ``--cpus`` CPUs each (the
+:func:`harness.runtime.sessions.stream_plan`); the Ray engine runs ``--workers`` workers of ``--cpus`` CPUs each (the
 runtime's threads). Starting the cluster is timed apart: it is paid once per driver, not per run. Each run
-prints Ray / local per round against the README's goal (at most 1.15x) with its verdict, for each of
+prints Ray / local per round against the goal in docs/ray.md (at most 1.15x) with its verdict, for each of
 ``--runs`` runs. Needs the ``ray`` extra.
 """
 
@@ -28,9 +28,9 @@ import targets
 from timing import (Run, add_options, header, interleaved_rounds, per_unit, pin_threads, ratio, repeats,
                     write_json)
 
-from harness.engines import LocalEngine, get_engine
-from harness.leaderboard import run_leaderboard
-from harness.run_config import RunConfig
+from harness.runs.config import RunConfig
+from harness.runs.engines import LocalEngine, get_engine
+from harness.runs.leaderboard import run_leaderboard
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "exported_models" / "efficientnet_lite0.onnx"     # the paper's setting: ImageNet, photos

@@ -1,10 +1,10 @@
-"""The README's speed tables from one command.
+"""The speed tables of the documentation (docs/performance.md) from one command.
 
-    python benchmarks/run_all.py                   # the README's settings: about an hour on 2 cores, run it quiet
+    python benchmarks/run_all.py                   # the documented settings: about an hour on 2 cores, run it quiet
     python benchmarks/run_all.py --quick           # tiny settings: checks that everything runs (numbers mean nothing)
     python benchmarks/run_all.py --only gradient --only pair
 
-Runs each comparison of the README with the README's settings, each in a fresh process of its own script (so
+Runs each comparison of docs/performance.md with its settings, each in a fresh process of its own script (so
 that no session, thread pool or allocator of one comparison is alive during the next): the gradient call
 against the forward call and PyTorch (ResNet-50 with both exporters, EfficientNet-B0 and MobileNetV2 at
 224x224, batch 8; the Hugging Face transformers families in ``tests/fixtures/hf/`` at batch 2), the harness
@@ -36,7 +36,7 @@ ROOT = BENCHMARKS.parent
 HF_FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 TABLES = ("gradient", "captum", "pair", "streams")
 PACKAGES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "captum", "saliency", "harness")
-# The README's zoo rows: label, architecture, exporter; and the tiny stand-in each one gets with --quick.
+# The zoo rows of docs/performance.md: label, architecture, exporter; and the tiny stand-in each one gets with --quick.
 ZOO = (("ResNet-50", "resnet50", "legacy"), ("ResNet-50, dynamo export", "resnet50", "dynamo"),
        ("EfficientNet-B0", "efficientnet_b0", "legacy"), ("MobileNetV2", "mobilenet_v2", "legacy"))
 STAND_INS = {"resnet50": "resnet_tiny", "efficientnet_b0": "efficientnet_tiny", "mobilenet_v2": "mobilenetv2_tiny"}
@@ -59,7 +59,7 @@ class Job:
 
 
 def gradient_jobs(quick: bool, threads: int) -> list[Job]:
-    """The gradient call against the forward call: the README's zoo rows and every transformers fixture."""
+    """The gradient call against the forward call: docs/performance.md's zoo rows and every transformers fixture."""
     jobs = []
     for label, arch, exporter in ZOO:
         if quick and exporter != "legacy":
@@ -80,7 +80,7 @@ def gradient_jobs(quick: bool, threads: int) -> list[Job]:
 
 
 def all_jobs(quick: bool, threads: int, only: set[str]) -> list[Job]:
-    """Every job of the chosen tables, with the README's settings or (``quick``) tiny ones."""
+    """Every job of the chosen tables, with the documented settings or (``quick``) tiny ones."""
     arch, size = ("resnet_tiny", "32") if quick else ("resnet50", "224")
     common = ("--arch", arch, "--size", size, "--threads", str(threads))
     jobs = gradient_jobs(quick, threads) if "gradient" in only else []
@@ -152,7 +152,7 @@ def machine_lines(argv: list[str], quick: bool, threads: int, runs: int) -> list
              f"- started {time.strftime('%Y-%m-%d %H:%M %Z')}, load average {load()}"]
     if quick:
         lines.append("- **quick**: tiny stand-ins and settings that check the scripts run; these are not the "
-                     "README's numbers")
+                     "documented numbers")
     return lines
 
 
@@ -252,7 +252,7 @@ def streams_table(job: Job, record: dict | None, runs: int) -> list[str]:
 
 
 def render(results: list[tuple[Job, dict | None]], runs: int) -> list[str]:
-    """Every table whose jobs ran, in the README's order."""
+    """Every table whose jobs ran, in the order of docs/performance.md."""
     lines = []
     gradient = [(job, r) for job, r in results if job.table == "gradient"]
     if gradient:
@@ -271,7 +271,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=TABLES, help="run only this table (repeatable)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each comparison")
     parser.add_argument("--threads", type=int, default=None,
-                        help="threads per comparison (default 2, the README's; 1 with --quick, where a busy "
+                        help="threads per comparison (default 2, as documented; 1 with --quick, where a busy "
                              "machine's second core would slow tiny calls; streams take at least 2)")
     parser.add_argument("--results", default=None, help="keep each script's JSON in this folder")
     args = parser.parse_args()

@@ -5,7 +5,7 @@
 
 The same gradient call of the harness's runtime (``GradientRuntime.gradients``: ``--rows`` rows, one-hot
 weights) with ``--streams 1`` (one session, ``--threads`` intra-op threads) and with ``--threads`` streams (one
-session per thread, the rows split among them; :func:`harness.sessions.stream_plan`), the process pinned to
+session per thread, the rows split among them; :func:`harness.runtime.sessions.stream_plan`), the process pinned to
 ``--threads`` threads (``timing.pin_threads``). Both runtimes are built and called once before timing, then
 timed in interleaved rounds whose order alternates; each run prints milliseconds per row (median and IQR over
 rounds) and the per-round ratio, for each of ``--runs`` runs (no target: ``targets.py`` sets none). The arrays are
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.model_card import read_card
-from harness.onnx_io import load_model
-from harness.runtime import GradientRuntime
+from harness.core.onnx_io import load_model
+from harness.model.card import read_card
+from harness.runtime.gradient import GradientRuntime
 from timing import Run, add_options, header, interleaved_rounds, per_unit, pin_threads, ratio, repeats, write_json
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,4 +13,4 @@ TRANSFORMERS = Target("<=", 4.0)    # the same, for the Hugging Face transformer
 TORCH = Target(">=", 1.3)           # PyTorch forward+backward over the ORT gradient call
 CAPTUM = Target(">=", 2.0)          # Captum's seconds over the harness's: SmoothGrad, IG, suppression
 PAIR = Target(">=", 2.0)            # PAIR saliency's Guided IG over the harness's
-RAY = Target("<=", 1.15)            # the Ray engine's wall time over the local engine's (the README's goal)
+RAY = Target("<=", 1.15)            # the Ray engine's wall time over the local engine's (the goal in docs/ray.md)

@@ -41,7 +41,7 @@ from architectures import build  # noqa: E402
 from exporting import export_onnx  # noqa: E402
 
 from harness.attribution import Context, attribute, get_method  # noqa: E402
-from harness.runtime import GradientRuntime  # noqa: E402
+from harness.runtime.gradient import GradientRuntime  # noqa: E402
 
 NOISE, P = 0.15, 0.7
 

@@ -33,7 +33,7 @@ from architectures import build  # noqa: E402
 from exporting import export_onnx  # noqa: E402
 
 from harness.attribution import Context, attribute, get_method  # noqa: E402
-from harness.runtime import GradientRuntime  # noqa: E402
+from harness.runtime.gradient import GradientRuntime  # noqa: E402
 
 MAX_DIST, FRACTION = 0.02, 0.25     # both libraries' defaults
 

@@ -70,7 +70,7 @@ sys.path.insert(0, str(ROOT))
 from export_scripts.onnx_float64 import TorchGraph  # noqa: E402
 from harness.gradients import GRAD_SEED, INPUT_GRAD, add_input_gradient  # noqa: E402
 from harness.gradients.expansions.blocked import runtime_block_size  # noqa: E402
-from harness.model_card import read_card  # noqa: E402
+from harness.model.card import read_card  # noqa: E402
 
 MODELS = {"digits_cnn": (1, 32, 32), "shapes_resnet": (3, 64, 64), "shapes_vit": (3, 64, 64)}
 DEPLOYED_MODELS = ("digits_cnn", "shapes_vit")     # the families but ort: the small CNN and the transformer

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from export_scripts.exporting import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx, op_histogram  # noqa: E402
 from harness.gradients.folding import fold_constants  # noqa: E402
 from harness.gradients.prepare import inferred_infos  # noqa: E402
-from harness.model_card import ModelCard, guess_embedding, write_card  # noqa: E402
+from harness.model.card import ModelCard, guess_embedding, write_card  # noqa: E402
 
 ARCHITECTURE = "efficientnet_lite0"
 IMAGE_SIZE = 224

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from export_scripts.architectures import ARCHITECTURES, build  # noqa: E402
 from export_scripts.exporting import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx  # noqa: E402
-from harness.model_card import ModelCard, guess_embedding, write_card  # noqa: E402
+from harness.model.card import ModelCard, guess_embedding, write_card  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

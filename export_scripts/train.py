@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 from export_scripts.architectures import build  # noqa: E402
 from export_scripts.exporting import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx  # noqa: E402
 from harness import DEFAULT_SEED  # noqa: E402
-from harness.data.base import ImageSet, normalise  # noqa: E402
+from harness.data import ImageSet, normalise  # noqa: E402
 from harness.data.digits import digits_split  # noqa: E402
 from harness.data.shapes import generate_shapes  # noqa: E402
-from harness.model_card import ModelCard, guess_embedding, write_card  # noqa: E402
+from harness.model.card import ModelCard, guess_embedding, write_card  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -1,1 +1,1 @@
-"""The bundled models, shipped as the package data of ``harness.exported_models`` (see harness/bundled.py)."""
+"""The bundled models, shipped as the package data of ``harness.exported_models`` (see harness/core/bundled.py)."""

@@ -22,26 +22,26 @@ import numpy as np
 
 from harness import DEFAULT_SEED, MAX_BATCH, MAX_IMAGES, MAX_SEED, __version__
 from harness.attribution.methods import COUNT_LIMITS
-from harness.audit import run_audit
-from harness.bundled import DEFAULT_MODEL
+from harness.checks.audit import run_audit
+from harness.checks.gradcheck import DEFAULT_TOLERANCE, check_model
+from harness.core.bundled import DEFAULT_MODEL
+from harness.core.errors import HarnessError
+from harness.core.escaping import terminal_text
+from harness.core.files import read_npy, writable_dir, writable_file
+from harness.core.onnx_io import load_model, write_atomically
 from harness.demo import DEMO_EXPERIMENTS, DEMO_OUT, IMAGENET_MODEL, demo_check, run_demo
-from harness.engines import engine_names, get_engine
-from harness.errors import HarnessError
-from harness.escaping import terminal_text
 from harness.experiments import experiment_names, get_experiment, runs_on_engines
-from harness.explanation import explain_input
-from harness.feeding import build_gradient_model
-from harness.files import read_npy, writable_dir, writable_file
-from harness.gradcheck import DEFAULT_TOLERANCE, check_model
 from harness.gradients.builder import preparation_notes
-from harness.inspection import describe_model
-from harness.leaderboard import run_leaderboard
 from harness.metrics.certainty import mutual_information
-from harness.model_card import ModelCardError, read_card
-from harness.onnx_io import load_model, write_atomically
-from harness.report import write_report
-from harness.run_config import RunConfig
-from harness.visual import SCHEMES, save_side_by_side
+from harness.model.card import ModelCardError, read_card
+from harness.model.feeding import build_gradient_model
+from harness.model.inspection import describe_model
+from harness.report.visual import SCHEMES, save_side_by_side
+from harness.report.write import write_report
+from harness.runs.config import RunConfig
+from harness.runs.engines import engine_names, get_engine
+from harness.runs.explanation import explain_input
+from harness.runs.leaderboard import run_leaderboard
 
 BAD_INPUT_EXIT = 2
 # Conditions of the machine that the user fixes (space, permissions), not bugs of the harness.
@@ -61,6 +61,14 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
 
+    def _describe_range(self) -> str:
+        """The range for the help text; nothing where it is unbounded (click would print ``x<=None``)."""
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
+    def get_metavar(self, param, ctx=None) -> str:
+        """FLOAT, as click names a plain float option."""
+        return "FLOAT"
+
 
 SEED = click.IntRange(0, MAX_SEED)      # what NumPy's generators and the store's 64-bit integers take
 IMAGES = click.IntRange(1, MAX_IMAGES)
@@ -68,12 +76,12 @@ IMAGES = click.IntRange(1, MAX_IMAGES)
 
 def say(text, err: bool = False) -> None:
     """Print a line: whatever a model or a file supplied in it (names, labels, card fields) cannot act on the
-    terminal (:func:`harness.escaping.terminal_text`)."""
+    terminal (:func:`harness.core.escaping.terminal_text`)."""
     click.echo(terminal_text(text), err=err)
 
 
 class TerminalFormatter(logging.Formatter):
-    """Log lines through :func:`harness.escaping.terminal_text`, as every other line the CLI prints."""
+    """Log lines through :func:`harness.core.escaping.terminal_text`, as every other line the CLI prints."""
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as the base formatter writes it, its control characters shown, never sent."""
@@ -505,7 +513,9 @@ def mutual_information_command(image, explanation, estimator, signed, as_json):
 @user_errors
 def demo(out, images, seed, quiet):
     """The main job on the bundled models: check the default's gradient graph against finite differences,
-    run a leaderboard of every named method on generated data, run the papers' experiments, write the report."""
+    run a leaderboard of every named method on generated data (and the paper's protocols on EfficientNet-Lite0
+    and the bundled photos), audit EfficientNet-Lite0 quantized to int8 against its float32 source, run the
+    papers' experiments, write the report."""
     writable_dir(out, "--out")
     check = demo_check(seed)
     _print_check(DEFAULT_MODEL.name, check, as_json=False)
@@ -515,9 +525,9 @@ def demo(out, images, seed, quiet):
     imagenet = config.per_model.get(IMAGENET_MODEL)
     small = len(config.models) - (imagenet is not None)
     say(f"leaderboard of {len(config.methods)} methods on {small} small bundled models x {images} images"
-               + (f", the paper's {len(imagenet['methods'])} methods on {IMAGENET_MODEL} x {imagenet['images']} "
-                  "photos" if imagenet else "")
-               + f", and the experiments {', '.join(DEMO_EXPERIMENTS)}: {report}")
+        + (f", the paper's {len(imagenet['methods'])} methods on {IMAGENET_MODEL} x {imagenet['images']} "
+           "photos" if imagenet else "")
+        + f", and the experiments {', '.join(DEMO_EXPERIMENTS)}: {report}")
 
 
 def _print_check(name, result, as_json: bool) -> None:

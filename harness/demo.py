@@ -4,9 +4,9 @@ models, the papers' experiments, and the report.
 * The small models (generated shapes, digits) run every named method plus the main paper's sampling
   distributions under one building block, E|∇f| (abs-mean), on ``images`` images each.
 * The ImageNet model (EfficientNet-Lite0) runs on the bundled photographs with the paper's protocols only
-  (:data:`harness.comparisons.PAPER_METHODS`), on fewer images and samples so that the demo stays within minutes
-  on two cores (:data:`IMAGENET_DEMO`); the README says how its numbers move with more.
-* A deployed artifact: EfficientNet-Lite0 quantized to int8 (:func:`harness.artifacts.int8_artifact`, calibrated
+  (:data:`harness.metrics.comparisons.PAPER_METHODS`), on fewer images and samples so that the demo stays within minutes
+  on two cores (:data:`IMAGENET_DEMO`); docs/results.md says how its numbers move with more.
+* A deployed artifact: EfficientNet-Lite0 quantized to int8 (:func:`harness.model.artifacts.int8_artifact`, calibrated
   on crops of the photographs that the audit does not use) is audited against its float32 source
   (``harness audit --reference``), on :data:`DEPLOYED_AUDIT_IMAGES` photos.
 * The experiments run on the shapes models (half the images, at least 4); the p-sweep also on the ImageNet
@@ -17,20 +17,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.artifacts import int8_artifact
-from harness.audit import run_audit
-from harness.bundled import DEFAULT_MODEL, bundled_models
-from harness.cache import cache_dir
+from harness.checks.audit import run_audit
+from harness.checks.gradcheck import DEFAULT_TOLERANCE, GradientCheck, check_model
+from harness.core.bundled import DEFAULT_MODEL, bundled_models
+from harness.core.onnx_io import content_hash, load_model
 from harness.data.photos import photo_images
 from harness.experiments import get_experiment
 from harness.gradients.graph import image_inputs
-from harness.gradcheck import DEFAULT_TOLERANCE, GradientCheck, check_model
-from harness.leaderboard import run_leaderboard
-from harness.model_card import read_card
-from harness.onnx_io import content_hash, load_model
-from harness.comparisons import PAPER_METHODS
-from harness.report import write_report
-from harness.run_config import RunConfig
+from harness.metrics.comparisons import PAPER_METHODS
+from harness.model.artifacts import int8_artifact
+from harness.model.card import read_card
+from harness.report.write import write_report
+from harness.runs.config import RunConfig
+from harness.runs.leaderboard import run_leaderboard
+from harness.runtime.cache import cache_dir
 
 DEMO_OUT = Path("reports") / "demo"
 DEMO_EXPERIMENTS = ("p-sweep", "alignment", "augmentation", "dropping")

@@ -29,7 +29,8 @@ def numpy_2_quantile(monkeypatch):
 def rule_off_by(monkeypatch):
     """``rule_off_by(op_type, factor)`` replaces the op's gradient rule by one whose input gradients are
     ``factor`` times the correct ones: a subtly wrong rule, for tests that must see it fail."""
-    from harness.gradients.registry import VJP_RULES, load_rules
+    from harness.gradients import VJP_RULES
+    from harness.gradients.registry import load_rules
 
     load_rules()
 

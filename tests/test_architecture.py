@@ -13,8 +13,8 @@ LAZY = {
     ("harness.gradients.registry", "harness.gradients.rules"): "the rule modules import the registry to register",
     **{("harness.experiments", f"harness.experiments.{name}"): "the experiment modules import the registry"
        for name in ("alignment", "augmentation", "dropping", "p_sweep")},
-    ("harness.figures", "matplotlib"): "the backend is chosen before pyplot is imported",
-    ("harness.figures", "matplotlib.pyplot"): "the backend is chosen before pyplot is imported",
+    ("harness.report.figures", "matplotlib"): "the backend is chosen before pyplot is imported",
+    ("harness.report.figures", "matplotlib.pyplot"): "the backend is chosen before pyplot is imported",
 }
 
 
@@ -79,24 +79,24 @@ def test_the_top_level_imports_have_no_cycle():
             visit(name, [name])
 
 
-# The layers, bottom up: a module imports only from its own layer and those below it. A layer is a list of
-# modules and packages (a package holds its submodules); the most specific entry places a module.
+# The layers, bottom up: a module imports only from its own layer and those below it. Each layer is a package of
+# harness (two for the model layer: the model file and the image sources; the face is the two modules a user
+# calls); the most specific entry places a module.
 LAYERS = (
-    ("core", ("harness", "harness.errors", "harness.registry", "harness.files", "harness.escaping",
-              "harness.onnx_io", "harness.bundled")),
+    ("core", ("harness", "harness.core")),
     ("gradients", ("harness.gradients",)),
-    ("model", ("harness.model_card", "harness.hf_config", "harness.data", "harness.feeding", "harness.inspection",
-               "harness.surgery")),
-    ("runtime", ("harness.sessions", "harness.cache", "harness.runtime", "harness.artifacts")),
+    ("model", ("harness.model", "harness.data")),
+    ("runtime", ("harness.runtime",)),
     ("attribution", ("harness.attribution",)),
-    ("metrics", ("harness.metrics", "harness.comparisons")),
-    ("runs", ("harness.store", "harness.subject", "harness.engines", "harness.resumable", "harness.run_config",
-              "harness.leaderboard", "harness.explanation")),
-    ("report", ("harness.visual", "harness.figures", "harness.tables", "harness.render", "harness.report")),
-    ("checks", ("harness.gradcheck", "harness.audit", "harness.deployment")),
+    ("metrics", ("harness.metrics",)),
+    ("runs", ("harness.runs",)),
+    ("report", ("harness.report",)),
+    ("checks", ("harness.checks",)),
     ("experiments", ("harness.experiments",)),
     ("face", ("harness.cli", "harness.demo")),
 )
+# Narrower than the layers: the algorithms take any Runtime, so of the runtime layer they import the protocol alone.
+PROTOCOL_ONLY = {"harness.attribution": "harness.runtime.protocol", "harness.metrics": "harness.runtime.protocol"}
 
 
 def layer_of(module: str) -> int | None:
@@ -130,18 +130,67 @@ def test_every_module_has_a_layer_and_imports_none_above_it():
     assert upward_imports(found) == []
 
 
+def test_the_algorithms_import_only_the_runtime_protocol():
+    found = modules()
+    reached = [f"{name} imports {target}" for name, tree in found.items() for node in tree.body
+               if isinstance(node, (ast.Import, ast.ImportFrom)) for target in imported(node, name, set(found))
+               for package, allowed in PROTOCOL_ONLY.items()
+               if (name == package or name.startswith(package + "."))
+               and (target == "harness.runtime" or target.startswith("harness.runtime.")) and target != allowed]
+    assert reached == []
+
+
+def test_only_the_face_lies_at_the_top_of_the_package():
+    """Every other module belongs to the package of its layer, and every package names its job in one line."""
+    assert {path.stem for path in PACKAGE.glob("*.py")} == {"__init__", "cli", "demo"}
+    for package in sorted(p for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE):
+        doc = ast.get_docstring(ast.parse(package.read_text()))
+        assert doc and doc.split("\n")[0].endswith("."), package
+
+
 def test_the_layer_test_catches_an_upward_import():
     """A metric that imported the report (or the gradient pass the runtime) would be caught."""
-    found = {**modules(), "harness.metrics.leaky": ast.parse("from harness.report import write_report\n"),
-             "harness.gradients.leaky": ast.parse("import harness.runtime\n")}
-    assert upward_imports(found) == ["harness.metrics.leaky (metrics) imports harness.report (report)",
-                                     "harness.gradients.leaky (gradients) imports harness.runtime (runtime)"]
+    found = {**modules(), "harness.metrics.leaky": ast.parse("from harness.report.write import write_report\n"),
+             "harness.gradients.leaky": ast.parse("import harness.runtime.gradient\n")}
+    assert upward_imports(found) == ["harness.metrics.leaky (metrics) imports harness.report.write (report)",
+                                     "harness.gradients.leaky (gradients) imports harness.runtime.gradient (runtime)"]
+
+
+def facade_names() -> dict[str, dict[str, str]]:
+    """Per package whose ``__init__`` declares ``__all__``: each name it takes from a submodule, and that module."""
+    facades = {}
+    for name, tree in modules().items():
+        exported = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                    and any(getattr(target, "id", "") == "__all__" for target in node.targets)]
+        if exported:
+            facades[name] = {alias.name: node.module for node in tree.body if isinstance(node, ast.ImportFrom)
+                             and (node.module or "").startswith(name + ".") for alias in node.names
+                             if alias.name in exported[0]}
+    return facades
+
+
+def test_a_package_s_public_names_have_one_home():
+    """What a package's ``__init__`` exports is imported from the package by every module outside it (the
+    package's own modules, which the ``__init__`` imports, take them from their modules), in the package, its
+    tests, benchmarks and export scripts: no name has two homes."""
+    facades, root = facade_names(), PACKAGE.parent
+    assert {"harness.attribution", "harness.data", "harness.gradients"} <= set(facades)
+    twice = []
+    for folder in ("harness", "tests", "benchmarks", "export_scripts"):
+        for path in (root / folder).rglob("*.py"):
+            module = ".".join(path.relative_to(root).with_suffix("").parts)
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    twice += [f"{module}: from {node.module} import {alias.name} (exported by {package})"
+                              for package, origins in facades.items() if not module.startswith(package + ".")
+                              for alias in node.names if origins.get(alias.name) == node.module]
+    assert twice == []
 
 
 def test_every_error_class_lives_in_errors_py():
     outside = []
     for name, tree in modules().items():
-        if name == "harness.errors":
+        if name == "harness.core.errors":
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef) and any(

@@ -10,13 +10,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.attribution import Context, explain, get_method, resolve_targets
+from harness.attribution import (Context, DistributionSettings, SamplingError, attribute, explain,
+                                 explain_contrastive, get_method, resolve_targets)
 from harness.attribution.contrastive import class_distribution, contrastive_attribution, contrastive_classes
 import harness.attribution.batched as engine_module
-from harness.attribution.batched import attribute
-from harness.attribution.samplers import SamplingError, riemann
-from harness.errors import HarnessError
-from harness.runtime import GradientRuntime
+from harness.attribution.samplers import riemann
+from harness.core.errors import HarnessError
+from harness.runtime.gradient import GradientRuntime
 
 SHAPE = (1, 3, 4)           # C, H, W of the toy images
 D = int(np.prod(SHAPE))
@@ -258,8 +258,6 @@ def test_contrastive_attribution_keeps_only_what_beats_uniform_by_tau():
 
 
 def test_contrastive_explanations_batch_all_classes_and_keep_the_target(toy, images):
-    from harness.attribution.contrastive import DistributionSettings, explain_contrastive
-
     method = get_method("smoothgrad", samples=4)
     z, sets = explain_contrastive(toy, images, method, context(), settings=DistributionSettings(tau=0.0))
     predicted = toy.forward(images).argmax(1)
@@ -286,7 +284,7 @@ FAST = {"vanilla": {}, "smoothgrad": {"samples": 4}, "ig": {"steps": 4}, "guided
 @pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])
 def test_every_method_runs_on_every_bundled_model(path):
     from harness.data import load_dataset, normalise
-    from harness.model_card import read_card
+    from harness.model.card import read_card
 
     card = read_card(onnx.load(str(path)), model_path=path)
     data = load_dataset(card.extras["dataset"], card, n=2, seed=4)
@@ -304,7 +302,7 @@ def test_grad_cam_matches_its_definition_and_suppression_at_p0_equals_it():
 
     from harness.attribution.gradcam import guess_cam_layer
     from harness.data import load_dataset, normalise
-    from harness.model_card import read_card
+    from harness.model.card import read_card
 
     path = next(p for p in BUNDLED if p.stem == "shapes_resnet")
     model = onnx.load(str(path))

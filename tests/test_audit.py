@@ -1,4 +1,4 @@
-"""Audits of a deployed model (harness/audit.py): a verdict per check and one self-contained HTML page."""
+"""Audits of a deployed model (harness/checks/audit.py): a verdict per check and one self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.audit import run_audit
+from harness.checks.audit import run_audit
 from harness.data.shapes import SHAPE_CLASSES, generate_shapes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from harness.store import APPLICATION_ID, LOCK_NAME, SCHEMA, SCHEMA_VERSION, STORE_NAME
+from harness.runs.store import APPLICATION_ID, LOCK_NAME, SCHEMA, SCHEMA_VERSION, STORE_NAME
 from test_cli import invoke, save, two_output_model, unsupported_op_model
 
 ROOT = Path(__file__).resolve().parents[1]

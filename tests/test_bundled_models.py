@@ -10,12 +10,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from harness.data.base import normalise
+from harness.core.onnx_io import content_hash, load_model
+from harness.data import normalise
 from harness.data.digits import digits_split
 from harness.data.shapes import generate_shapes
 from harness.gradients import add_input_gradient
-from harness.onnx_io import content_hash, load_model
-from harness.model_card import read_card
+from harness.model.card import read_card
 from opcheck import relative_l2
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "exported_models"

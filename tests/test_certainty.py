@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from scipy.special import ndtr, ndtri, xlogy
 
 from harness.cli import main
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.metrics import get_metric
 from harness.metrics.certainty import (ESTIMATORS, mutual_information, mutual_information_batch,
                                       normalised_to_reference, pair_pixels)

@@ -487,7 +487,7 @@ def test_explain_asks_only_for_the_facts_the_command_needs(tmp_path):
 
 @pytest.mark.parametrize("method", ["suppression", "ig"])
 def test_explain_is_bit_identical_at_every_batch_size_and_on_a_rerun(tmp_path, method):
-    """The batch size bounds memory, never the result (README, Reliability)."""
+    """The batch size bounds memory, never the result (docs/reliability.md)."""
     np.save(tmp_path / "x.npy", np.random.default_rng(2).random((3, 64, 64), dtype=np.float32))
     written = []
     for run, batch in enumerate((1, 7, 64, 7)):

@@ -28,17 +28,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export_scripts import deployed_artifacts
 from export_scripts.onnx_float64 import ReferenceRunner, directional_derivative
-from harness.errors import UnsupportedOpsError
-from harness.gradcheck import check_gradient
+from harness.checks.gradcheck import check_gradient
+from harness.core.errors import UnsupportedOpsError
 from harness.gradients import GRAD_SEED, INPUT_GRAD, add_input_gradient
 from harness.gradients.contrib import CONTRIB_DOMAINS, expand_contrib_ops
-from harness.gradients.expansions import EXPANSIONS
-from harness.gradients.expansions import nchwc as nchwc_expansions
+from harness.gradients.expansions import EXPANSIONS, nchwc as nchwc_expansions
 from harness.gradients.expansions.activations import MLAS_ACTIVATIONS
 from harness.gradients.expansions.blocked import (NCHWC, fitting_block_sizes, rounded_up, runtime_block_size,
                                                   unblocked_filter)
 from harness.gradients.graph import attribute
-from harness.runtime import GradientRuntime
+from harness.runtime.gradient import GradientRuntime
 from opcheck import OpCase, build_model, relative_l2
 from test_cli import invoke
 
@@ -615,7 +614,7 @@ def test_what_is_not_expanded_exactly_is_refused_by_name(name):
 
 
 def test_the_gradient_check_freezes_the_kinks_of_an_expanded_artifact():
-    """harness.gradcheck's kink freezing reads the standard ops the expansion wrote (Conv, Relu, MaxPool)."""
+    """harness.checks.gradcheck's kink freezing reads the standard ops the expansion wrote (Conv, Relu, MaxPool)."""
     runtime = GradientRuntime(DEPLOYED / "digits_cnn.extended.onnx", use_cache=False)
     result = check_gradient(runtime, golden("digits_cnn")["images"][:2])
     assert result.kinks_frozen > 0 and result.relative_error < result.tolerance, result

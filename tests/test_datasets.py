@@ -9,7 +9,7 @@ from PIL import Image
 
 from harness.data import DATASETS, DataError, Preprocessing, load_dataset, match_channels, normalise
 from harness.data.shapes import SHAPE_CLASSES
-from harness.model_card import ModelCard
+from harness.model.card import ModelCard
 
 
 def card(channels=3, size=32, labels=SHAPE_CLASSES, mean=None, std=None):

@@ -52,7 +52,7 @@ import pytest
 from onnx import TensorProto
 
 from export_scripts import deployed_artifacts
-from harness.runtime import GradientRuntime
+from harness.runtime.gradient import GradientRuntime
 from test_cli import invoke
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "deployed"
@@ -63,7 +63,8 @@ ARTIFACTS = sorted(p.relative_to(FIXTURES).as_posix() for family in deployed_art
                    for p in (FIXTURES / family).glob("*.onnx"))
 TOLERANCE = 1e-5        # relative L2 per image
 # On the bundled ViT, ONNX Runtime's fused integer kernels round elements otherwise than the pairs written out
-# do: its logits lie within this relative L2 of the op-by-op ones (README, "What the gradient model computes").
+# do: its logits lie within this relative L2 of the op-by-op ones (docs/deployed.md, "What the gradient model
+# computes").
 FUSED_GAP_VIT = 4e-2
 NOTES = {"float16": ("half-precision model: the gradient is that of its float32 shadow",
                      "the float32 shadow's outputs differ from the half-precision artifact's by at most"),

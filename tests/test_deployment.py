@@ -1,4 +1,4 @@
-"""The deployment question (harness.deployment, ``harness audit --reference``): how far a deployed artifact's
+"""The deployment question (harness.checks.deployment, ``harness audit --reference``): how far a deployed artifact's
 explanations drift from those of the model it was made from, on known answers: a model against itself drifts
 not at all, and copies with ever larger weight perturbations drift ever further."""
 
@@ -14,15 +14,15 @@ from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 from PIL import Image
 
-from harness.artifacts import float16_artifact, int8_artifact
+from harness.checks.deployment import artifact_form, compare_with_reference, reference_subject
 from harness.cli import main
 from harness.data.shapes import SHAPE_CLASSES, generate_shapes
-from harness.deployment import artifact_form, compare_with_reference, reference_subject
-from harness.leaderboard import run_leaderboard
 from harness.metrics.similarity import top_overlap
-from harness.run_config import RunConfig
-from harness.store import ResultsStore
-from harness.subject import ModelUnderTest
+from harness.model.artifacts import float16_artifact, int8_artifact
+from harness.runs.config import RunConfig
+from harness.runs.leaderboard import run_leaderboard
+from harness.runs.store import ResultsStore
+from harness.runs.subject import ModelUnderTest
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "exported_models" / "digits_cnn.onnx"

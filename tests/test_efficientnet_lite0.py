@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from harness.model_card import read_card
-from harness.onnx_io import load_model
-from harness.runtime import GradientRuntime
+from harness.core.onnx_io import load_model
+from harness.model.card import read_card
+from harness.runtime.gradient import GradientRuntime
 from opcheck import relative_l2
 
 MODEL = Path(__file__).resolve().parents[1] / "exported_models" / "efficientnet_lite0.onnx"

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.attribution.methods import describe, get_method
+from harness.attribution import get_method
+from harness.attribution.methods import describe
 from harness.attribution.samplers import Suppression
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.experiments import caption_path, experiment_names, get_experiment, p_sweep
-from harness.leaderboard import run_leaderboard
-from harness.run_config import RunConfig
-from harness.store import ResultsStore, canonical
+from harness.runs.config import RunConfig
+from harness.runs.leaderboard import run_leaderboard
+from harness.runs.store import ResultsStore, canonical
 
 ROOT = Path(__file__).resolve().parents[1]
 RESNET = str(ROOT / "exported_models" / "shapes_resnet.onnx")

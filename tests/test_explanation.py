@@ -11,9 +11,9 @@ from PIL import Image
 
 from harness.attribution import get_method
 from harness.cli import main
-from harness.errors import HarnessError
-from harness.explanation import explain_input
-from harness.subject import ModelUnderTest
+from harness.core.errors import HarnessError
+from harness.runs.explanation import explain_input
+from harness.runs.subject import ModelUnderTest
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "exported_models" / "digits_cnn.onnx"

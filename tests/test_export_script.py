@@ -15,7 +15,7 @@ np = pytest.importorskip("numpy")
 from export_scripts import export  # noqa: E402
 from export_scripts.architectures import TINY_ARCHITECTURES, build, calibrate_norms_  # noqa: E402
 from export_scripts.exporting import DEFAULT_OPSET  # noqa: E402
-from harness.model_card import read_card  # noqa: E402
+from harness.model.card import read_card  # noqa: E402
 from opcheck import relative_l2  # noqa: E402
 from zoo import EXPORTERS, seed_of  # noqa: E402
 

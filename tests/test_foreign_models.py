@@ -29,9 +29,9 @@ import pytest
 from export_scripts.foreign_zoo.pieces import float32_kinks, piece_gradient
 from export_scripts.onnx_float64 import PieceTorchGraph, fed_inputs
 from harness.gradients import GRAD_SEED, INPUT_GRAD, add_input_gradient
-from harness.feeding import ImageAdapter, feeding_layout
-from harness.model_card import read_card
-from harness.runtime import GradientRuntime
+from harness.model.card import read_card
+from harness.model.feeding import ImageAdapter, feeding_layout
+from harness.runtime.gradient import GradientRuntime
 from test_cli import invoke
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "foreign"

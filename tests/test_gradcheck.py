@@ -1,4 +1,4 @@
-"""``harness.gradcheck``: right verdicts both ways. Correct gradients pass at a tolerance of 1e-3 (on ReLU and
+"""``harness.checks.gradcheck``: right verdicts both ways. Correct gradients pass at a tolerance of 1e-3 (on ReLU and
 max-pool networks, at flat images full of ties, behind a saturated Softmax), and subtly wrong rules fail:
 swapped asymmetric pads, a wrong stride, a 0.2% scale error."""
 
@@ -11,11 +11,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.gradcheck import CONSISTENT, DEFAULT_TOLERANCE, check_gradient
-from harness.gradients.registry import VJP_RULES, load_rules
-from harness.model_card import read_card
-from harness.onnx_io import load_model
-from harness.runtime import GradientRuntime
+from harness.checks.gradcheck import CONSISTENT, DEFAULT_TOLERANCE, check_gradient
+from harness.core.onnx_io import load_model
+from harness.gradients import VJP_RULES
+from harness.gradients.registry import load_rules
+from harness.model.card import read_card
+from harness.runtime.gradient import GradientRuntime
 
 F = TensorProto.FLOAT
 MODELS_DIR = Path(__file__).resolve().parents[1] / "exported_models"

@@ -14,10 +14,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import harness.gradients.builder as builder
-from harness.errors import ModelSignatureError, UnsupportedOpsError
-from harness.gradients import GRAD_SEED, INPUT_GRAD, VJP_RULES, add_input_gradient
-from harness.gradients.registry import NON_DIFFERENTIABLE, load_rules
-from harness.onnx_io import load_model
+from harness.core.errors import ModelSignatureError, UnsupportedOpsError
+from harness.core.onnx_io import load_model
+from harness.gradients import GRAD_SEED, INPUT_GRAD, NON_DIFFERENTIABLE, VJP_RULES, add_input_gradient
+from harness.gradients.registry import load_rules
 
 DIGITS = Path(__file__).resolve().parents[1] / "exported_models" / "digits_cnn.onnx"
 F = TensorProto.FLOAT
@@ -462,8 +462,8 @@ def test_shape_arithmetic_gets_no_gradient_nodes():
 def test_model_with_symbolic_image_size_serves_several_sizes(tmp_path):
     """A fully convolutional classifier exported with dynamic height and width: one gradient graph serves
     32x32 and 40x44 inputs, and agrees with finite differences at both."""
-    from harness.gradcheck import check_gradient
-    from harness.runtime import GradientRuntime
+    from harness.checks.gradcheck import check_gradient
+    from harness.runtime.gradient import GradientRuntime
 
     model = onnx.load(str(DIGITS))
     image_dims = model.graph.input[0].type.tensor_type.shape.dim

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from harness.attribution.guided import guided_ig
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 # ---------------------------------------------------------------------------------------------- test functions
 

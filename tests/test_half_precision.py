@@ -1,5 +1,5 @@
 """Deployed half-precision artifacts and files whose nodes are out of order (harness.gradients.half, the
-topological sort of harness.onnx_io).
+topological sort of harness.core.onnx_io).
 
 The artifacts are made by the standard tool, ``onnxruntime.transformers.float16.convert_float_to_float16``,
 from the bundled models, with float32 inputs and outputs kept and with the whole graph in float16. The
@@ -21,13 +21,13 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
+from harness.checks.gradcheck import check_gradient
 from harness.cli import main
-from harness.errors import ModelSignatureError
-from harness.gradcheck import check_gradient
+from harness.core.errors import ModelSignatureError
+from harness.core.onnx_io import load_model
 from harness.gradients import add_input_gradient
 from harness.gradients.builder import preparation_notes
-from harness.onnx_io import load_model
-from harness.runtime import GradientRuntime
+from harness.runtime.gradient import GradientRuntime
 
 MODELS = Path(__file__).resolve().parents[1] / "exported_models"
 SHAPES = {"digits_cnn": (1, 32, 32), "shapes_vit": (3, 64, 64)}

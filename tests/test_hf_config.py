@@ -1,4 +1,4 @@
-"""Card facts from an optimum or transformers export's configs beside the model (harness.hf_config), and the
+"""Card facts from an optimum or transformers export's configs beside the model (harness.model.hf_config), and the
 refusals for configs that are not what they claim."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from harness.errors import ModelCardError
-from harness.model_card import read_card
+from harness.core.errors import ModelCardError
+from harness.model.card import read_card
 
 RESNET = Path(__file__).resolve().parents[1] / "exported_models" / "shapes_resnet.onnx"
 PROCESSOR = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 80, "width": 80},

@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 import pytest
 
-from harness.errors import UnsupportedOpsError
-from harness.gradcheck import check_model
+from harness.checks.gradcheck import check_model
+from harness.core.errors import UnsupportedOpsError
 from harness.gradients import add_input_gradient
-from harness.model_card import read_card
-from harness.runtime import GradientRuntime
+from harness.model.card import read_card
+from harness.runtime.gradient import GradientRuntime
 from test_cli import invoke
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"

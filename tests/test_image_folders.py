@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data import load_dataset
-from harness.data.base import DataError
+from harness.data import DataError, load_dataset
 from harness.data.folders import DataWarning, SkippedImage, load_image_folder, read_image
-from harness.model_card import ModelCard
+from harness.model.card import ModelCard
 
 
 def save(path, pixels, mode=None, **options):

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.errors import HarnessError
-from harness.leaderboard import run_leaderboard
-from harness.report import write_report
-from harness.resumable import selected_rows
-from harness.run_config import RunConfig
-from harness.store import STORE_NAME, ResultsStore
-from harness.tables import NORMALISED_MI, leaderboard_tables
+from harness.core.errors import HarnessError
+from harness.report.tables import NORMALISED_MI, leaderboard_tables
+from harness.report.write import write_report
+from harness.runs.config import RunConfig
+from harness.runs.leaderboard import run_leaderboard
+from harness.runs.resumable import selected_rows
+from harness.runs.store import STORE_NAME, ResultsStore
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = str(ROOT / "exported_models" / "shapes_resnet.onnx")
@@ -80,7 +80,7 @@ def test_leaderboard_numbers_equal_a_direct_computation(tmp_path):
     config = RunConfig.load(None, models=[MODEL], methods=["ig", "suppression"], metrics=["mi"], images=4,
                             out=str(tmp_path), chunk=3)
     run_leaderboard(config, quiet=True)
-    from harness.subject import ModelUnderTest
+    from harness.runs.subject import ModelUnderTest
 
     model = ModelUnderTest.from_config(MODEL, config)
     with ResultsStore(tmp_path, writable=False) as store:
@@ -127,7 +127,7 @@ def test_config_keys_mirror_options_and_the_command_line_wins(tmp_path):
     config = RunConfig.load(path, images=7)
     assert (config.images, config.methods, config.seed) == (7, ["ig"], 3)
     path.write_text("imagez = 5\n")
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     with pytest.raises(HarnessError, match="unknown keys imagez"):
         RunConfig.load(path)
@@ -220,7 +220,7 @@ def test_a_rerun_that_finds_everything_stored_builds_no_runtime(tmp_path, monkey
     def refuse(*args, **kwargs):
         raise AssertionError("a runtime was built for a finished run")
 
-    monkeypatch.setattr("harness.subject.GradientRuntime.from_card", refuse)
+    monkeypatch.setattr("harness.runs.subject.GradientRuntime.from_card", refuse)
     run_leaderboard(config, quiet=True)
     assert stored_rows(tmp_path) == rows
 
@@ -231,7 +231,7 @@ def test_a_run_that_fails_before_its_first_result_leaves_no_store(tmp_path):
     (folder / "x.png").write_bytes(b"broken")
     out = tmp_path / "existing"
     out.mkdir()
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     with pytest.warns(UserWarning), pytest.raises(HarnessError, match="no usable images"):
         run_leaderboard(small_run(out, [DIGITS], dataset=str(folder)), quiet=True)
@@ -312,7 +312,7 @@ def test_per_model_settings_give_a_model_its_own_images_methods_and_parameters(t
     ('[per_model.digits_cnn.method_parameters.suppression]\nsamples = 0\n', "samples must be a positive integer"),
     ('per_model = 3\n', "a table of tables, one per model")])
 def test_per_model_settings_are_checked_before_any_work(tmp_path, settings, message):
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     path = tmp_path / "run.toml"
     path.write_text(f'models = ["{DIGITS.as_posix()}"]\nout = "{(tmp_path / "run").as_posix()}"\n' + settings)

@@ -9,13 +9,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.metrics import get_metric
 from harness.metrics.complexity import complexity, entropy, gini, sparseness
 from harness.metrics.faithfulness import (deletion_auc, deletion_curves, insertion_auc, insertion_curves,
                                           rise_blur, rise_kernel, step_counts)
-from harness.model_card import ModelCard
-from harness.runtime import GradientRuntime
+from harness.model.card import ModelCard
+from harness.runtime.gradient import GradientRuntime
 
 C, H, W = 2, 4, 4
 LEFT = np.zeros((C, H, W), bool)

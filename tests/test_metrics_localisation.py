@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.metrics import get_metric
 from harness.metrics.localisation import (energy_pointing_game, grid_pointing_game, grid_pointing_game_all_targets,
                                           pointing_game, quadrant_shares, channel_maps, target_quadrants)

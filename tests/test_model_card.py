@@ -1,4 +1,4 @@
-"""Model cards (harness.model_card) on tiny hand-built ONNX graphs: the metadata round trip, the sidecar JSON,
+"""Model cards (harness.model.card) on tiny hand-built ONNX graphs: the metadata round trip, the sidecar JSON,
 overrides, labels files, the errors for missing or inconsistent facts, and guess_embedding. No torch needed."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.errors import HarnessError
-from harness.model_card import ModelCard, ModelCardError, guess_embedding, read_card, write_card
+from harness.core.errors import HarnessError
+from harness.model.card import ModelCard, ModelCardError, guess_embedding, read_card, write_card
 
 OPSET = 17
 IR_VERSION = 8

@@ -40,8 +40,8 @@ def test_a_built_wheel_runs_the_bundled_models_from_any_folder(tmp_path):
     assert models == sorted(["__init__.py", *shipped])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    probe = ("import harness, harness.bundled as b; from harness.cli import DEFAULT_MODEL; "
-             "from harness.onnx_io import load_model; "
+    probe = ("import harness, harness.core.bundled as b; from harness.cli import DEFAULT_MODEL; "
+             "from harness.core.onnx_io import load_model; "
              "print(harness.__file__); print(len(b.bundled_models()), DEFAULT_MODEL.is_file()); "
              "[load_model(m) for m in b.bundled_models()]")       # external weights load from the wheel too
     result = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, capture_output=True, text=True,

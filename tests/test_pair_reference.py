@@ -13,8 +13,8 @@ saliency = pytest.importorskip("saliency.core")
 
 from harness.attribution import Context, explain  # noqa: E402
 from harness.data import load_dataset, normalise  # noqa: E402
-from harness.model_card import read_card  # noqa: E402
-from harness.runtime import GradientRuntime  # noqa: E402
+from harness.model.card import read_card  # noqa: E402
+from harness.runtime.gradient import GradientRuntime  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "exported_models" / "shapes_resnet.onnx"
 

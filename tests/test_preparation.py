@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.errors import ModelSignatureError, NoGradientPathError, UnsupportedOpsError
+from harness.core.errors import NoGradientPathError, UnsupportedOpsError
 from harness.gradients import GRAD_SEED, INPUT_GRAD, add_input_gradient
 from harness.gradients.builder import preparation_notes
 from harness.gradients.prepare import prepare

@@ -22,12 +22,11 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from export_scripts.onnx_float64 import PieceTorchGraph
-from harness.errors import NoGradientPathError, UnsupportedOpsError
-from harness.gradcheck import check_gradient
-from harness.gradients import add_input_gradient
+from harness.checks.gradcheck import check_gradient
+from harness.core.errors import NoGradientPathError, UnsupportedOpsError
+from harness.gradients import VJP_RULES, add_input_gradient
 from harness.gradients.builder import preparation_notes
-from harness.gradients.registry import VJP_RULES
-from harness.runtime import GradientRuntime
+from harness.runtime.gradient import GradientRuntime
 
 MODELS = Path(__file__).resolve().parents[1] / "exported_models"
 SHAPES = {"digits_cnn": (1, 32, 32), "shapes_resnet": (3, 64, 64), "shapes_vit": (3, 64, 64)}

@@ -11,14 +11,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.attribution import Context
+from harness.attribution.other_classes import random_logit_attributions, random_other_classes
+from harness.checks.randomisation import parameter_randomisation_check
+from harness.core.errors import HarnessError
 from harness.data import load_dataset, normalise
-from harness.errors import HarnessError
 from harness.metrics import get_metric
-from harness.metrics.randomisation import (
-    SIMILARITIES, parameter_randomisation_check, parameterised_layers, random_logit_attributions,
-    random_other_classes, randomised_models, redraw, normalised_maps, similarity)
-from harness.model_card import read_card
-from harness.runtime import GradientRuntime
+from harness.metrics.similarity import SIMILARITIES, normalised_maps, similarity
+from harness.model.card import read_card
+from harness.model.surgery import parameterised_layers, randomised_models, redraw
+from harness.runtime.gradient import GradientRuntime
 
 RESNET = Path(__file__).resolve().parents[1] / "exported_models" / "shapes_resnet.onnx"
 

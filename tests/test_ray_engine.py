@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.engines import LocalEngine, get_engine
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.experiments import get_experiment
-from harness.leaderboard import run_leaderboard
-from harness.run_config import RunConfig
-from harness.store import ResultsStore
+from harness.runs.config import RunConfig
+from harness.runs.engines import LocalEngine, get_engine
+from harness.runs.leaderboard import run_leaderboard
+from harness.runs.store import ResultsStore
 
 ray = pytest.importorskip("ray", reason="the Ray engine is an optional extra; CI installs it with the tests")
 
@@ -127,7 +127,7 @@ def test_a_killed_driver_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, c
 
 
 def test_a_worker_that_sees_other_images_is_refused(tmp_path, cluster, monkeypatch):
-    from harness import subject
+    from harness.runs import subject
 
     engine = get_engine("ray", workers=1)
     original = subject.ModelUnderTest.spec

@@ -1,20 +1,19 @@
-"""One registry idiom (harness/registry.py): every table of named things is a Registry, a second object under
+"""One registry idiom (harness/core/registry.py): every table of named things is a Registry, a second object under
 one name is a bug of ours, and an unknown name is the user's error naming the known ones."""
 
 from __future__ import annotations
 
 import pytest
 
+from harness.attribution import NAMED_METHODS, SAMPLERS
 from harness.attribution.aggregators import AGGREGATORS
-from harness.attribution.methods import NAMED_METHODS
-from harness.attribution.samplers import SAMPLERS
+from harness.core.errors import DataError, HarnessError, SamplingError
+from harness.core.registry import Registry
 from harness.data import DATASETS
-from harness.errors import DataError, HarnessError, SamplingError
 from harness.experiments import EXPERIMENTS
+from harness.gradients import VJP_RULES
 from harness.gradients.freeze import FREEZERS
-from harness.gradients.registry import VJP_RULES
 from harness.metrics import METRICS
-from harness.registry import Registry
 
 
 @pytest.mark.parametrize("registry", [VJP_RULES, FREEZERS, SAMPLERS, AGGREGATORS, NAMED_METHODS, METRICS,
@@ -54,7 +53,8 @@ def test_the_decorator_registers_under_every_name():
 def test_the_gradient_runtime_is_the_runtime_the_engine_declares(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from harness.runtime import GradientRuntime, Runtime
+    from harness.runtime.gradient import GradientRuntime
+    from harness.runtime.protocol import Runtime
 
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
     model = Path(__file__).resolve().parents[1] / "exported_models" / "digits_cnn.onnx"

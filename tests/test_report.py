@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.leaderboard import run_leaderboard
+from harness.metrics.comparisons import COMPARISONS, applicable_comparisons
 from harness.metrics.intervals import bootstrap
-from harness.comparisons import COMPARISONS, applicable_comparisons
-from harness.render import render_page
-from harness.report import write_report
-from harness.resumable import method_seconds
-from harness.run_config import RunConfig
-from harness.store import ResultsStore
-from harness.tables import headline, protocol_table
+from harness.report.render import render_page
+from harness.report.tables import headline, protocol_table
+from harness.report.write import write_report
+from harness.runs.config import RunConfig
+from harness.runs.leaderboard import run_leaderboard
+from harness.runs.resumable import method_seconds
+from harness.runs.store import ResultsStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "exported_models" / "digits_cnn.onnx"
@@ -118,7 +118,7 @@ def test_a_run_records_attribution_seconds_and_the_page_leads_with_its_findings(
 
 
 def test_the_leaderboard_and_the_audit_share_one_style_sheet():
-    style = (ROOT / "harness" / "templates" / "style.css").read_text().strip()
+    style = (ROOT / "harness" / "report" / "templates" / "style.css").read_text().strip()
     audit = render_page("audit.html.j2", "Audit of <model>", checks=[])
     assert style in audit and "Audit of &lt;model&gt;" in audit                    # escaped, not injected
     leaderboard = render_page("leaderboard.html.j2", "Leaderboard", view={

@@ -16,9 +16,9 @@ from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from harness.leaderboard import run_leaderboard
-from harness.report import write_report
-from harness.run_config import RunConfig
+from harness.report.write import write_report
+from harness.runs.config import RunConfig
+from harness.runs.leaderboard import run_leaderboard
 from test_report_injection import HTML_PAYLOAD, hostile_run
 
 ROOT = Path(__file__).resolve().parents[1]

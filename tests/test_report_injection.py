@@ -16,10 +16,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from harness.escaping import csv_cell, markdown_text, terminal_text
-from harness.leaderboard import run_leaderboard
-from harness.report import write_report
-from harness.run_config import RunConfig
+from harness.core.escaping import csv_cell, markdown_text, terminal_text
+from harness.report.write import write_report
+from harness.runs.config import RunConfig
+from harness.runs.leaderboard import run_leaderboard
 from test_cli import invoke
 
 ROOT = Path(__file__).resolve().parents[1]

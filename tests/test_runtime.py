@@ -3,6 +3,7 @@ IOBinding runs, and the finite-difference gradient check."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +11,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import harness.cache as cache_module
-import harness.runtime as runtime_module
-import harness.sessions as sessions_module
-from harness.cache import cache_dir
-from harness.errors import HarnessError
-from harness.gradcheck import check_gradient
-from harness.model_card import read_card
-from harness.onnx_io import load_model
-from harness.runtime import GradientRuntime
-from harness.sessions import CPU, CUDA, choose_providers, session_device, use_io_binding
+import harness.gradients as gradient_pass
+import harness.runtime.cache as cache_module
+import harness.runtime.gradient as runtime_module
+import harness.runtime.sessions as sessions_module
+from harness.checks.gradcheck import check_gradient
+from harness.core.errors import HarnessError
+from harness.core.onnx_io import load_model
+from harness.model.card import read_card
+from harness.runtime.cache import cache_dir
+from harness.runtime.gradient import GradientRuntime
+from harness.runtime.sessions import CPU, CUDA, choose_providers, session_device, use_io_binding
 
 DIGITS = Path(__file__).resolve().parents[1] / "exported_models" / "digits_cnn.onnx"
 TAP = "/features/features.6/Relu_output_0"
@@ -236,6 +238,26 @@ def test_second_construction_loads_the_cached_file(private_cache, images, monkey
         GradientRuntime(DIGITS, taps=[TAP])
     with pytest.raises(AssertionError, match="rebuilt"):
         GradientRuntime(DIGITS, output="logits")
+
+
+def test_editing_a_rule_of_the_gradient_pass_changes_the_cache_key(tmp_path, monkeypatch):
+    """The key covers every source file of the gradient pass, wherever the modules live: the folder it reads is
+    the imported package's, and an edit to one rule makes a new key (so a stale gradient model is never used)."""
+    source = cache_module.GRADIENT_PASS_SOURCE
+    assert source == Path(gradient_pass.__file__).resolve().parent
+    assert {"builder.py", "conv.py", "freeze.py"} <= {p.name for p in source.rglob("*.py")}
+    copy = tmp_path / "gradients"
+    shutil.copytree(source, copy)
+    monkeypatch.setattr(cache_module, "GRADIENT_PASS_SOURCE", copy)
+    cache_module.pass_fingerprint.cache_clear()
+    try:
+        before = cache_module.pass_fingerprint()
+        rule = copy / "rules" / "conv.py"
+        rule.write_text(rule.read_text() + "\n# an edit\n")
+        cache_module.pass_fingerprint.cache_clear()
+        assert cache_module.pass_fingerprint() != before
+    finally:
+        cache_module.pass_fingerprint.cache_clear()
 
 
 def test_different_taps_and_output_give_different_files(private_cache):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.data.base import DataError
+from harness.data import DataError
 from harness.data.shapes import (POLYGONS, SHAPE_CLASSES, VARIANTS, _texture, _variant_key, generate_shapes,
                                  quadrant_labels, shape_mask)
 

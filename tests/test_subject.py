@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.run_config import RunConfig
-from harness.subject import ModelUnderTest
+from harness.runs.config import RunConfig
+from harness.runs.subject import ModelUnderTest
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "exported_models" / "digits_cnn.onnx"
@@ -48,7 +48,7 @@ def test_photo_references_are_not_the_photos_under_test():
     """Every seed starts the photos with the same ten centre crops; the reference set skips them, so no image
     under test is its own baseline."""
     from harness.data.photos import PHOTO_NAMES
-    from harness.subject import REFERENCE_IMAGES
+    from harness.runs.subject import REFERENCE_IMAGES
 
     model = ModelUnderTest(DIGITS, dataset="photos", images=len(PHOTO_NAMES))
     assert model.references.shape == (REFERENCE_IMAGES, 1, 32, 32)

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from export_scripts import train  # noqa: E402
-from harness.model_card import read_card  # noqa: E402
+from harness.model.card import read_card  # noqa: E402
 
 
 def weights(path):

@@ -1,5 +1,7 @@
-"""The attribution engine: gradient integration z = E_{x̂~q}[agg(∇f(x̂, y))] with interchangeable sampling
-distributions q (main paper, section 3.3), path methods, Guided IG, and attribution distributions.
+"""Attribution methods: gradient integration over sampling distributions, path methods, Guided IG, Grad-CAM.
+
+The engine computes z = E_{x̂~q}[agg(∇f(x̂, y))] with interchangeable sampling distributions q (main paper,
+section 3.3), path methods, Guided IG, and attribution distributions.
 
     from harness.attribution import explain
     z = explain(runtime, x, "suppression", context=Context.from_card(card))            # [N, C, H, W]
@@ -14,8 +16,8 @@ from harness.attribution.batched import attribute
 from harness.attribution.contrastive import DistributionSettings, explain_contrastive
 from harness.attribution.methods import NAMED_METHODS, Method, get_method, method_names
 from harness.attribution.samplers import SAMPLERS, Context, SamplingError
-from harness.errors import HarnessError
-from harness.runtime import Runtime
+from harness.core.errors import HarnessError
+from harness.runtime.protocol import Runtime
 
 __all__ = ["NAMED_METHODS", "SAMPLERS", "Context", "DistributionSettings", "Method", "SamplingError", "attribute",
            "explain", "explain_contrastive", "get_method", "labels_or_predictions", "method_names",

@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from harness.errors import SamplingError
-from harness.registry import Registry
+from harness.core.errors import SamplingError
+from harness.core.registry import Registry
 
 
 @dataclass(frozen=True)

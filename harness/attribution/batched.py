@@ -23,8 +23,8 @@ from harness.attribution.aggregators import Aggregator, get_aggregator
 from harness.attribution.gradcam import grad_cam
 from harness.attribution.methods import Method
 from harness.attribution.samplers import Context, Sampler, image_rng, make_baseline
-from harness.errors import HarnessError
-from harness.runtime import Runtime
+from harness.core.errors import HarnessError
+from harness.runtime.protocol import Runtime
 
 # Rows (sample x class) of one image held at once where its samples are streamed: an image with more samples
 # than STREAMED_ROWS // K (for K classes) is computed block by block, whatever its count (a million samples

@@ -18,8 +18,8 @@ from scipy.special import softmax
 
 from harness import DEFAULT_SEED
 from harness.attribution.batched import attribute
-from harness.errors import HarnessError
-from harness.runtime import Runtime
+from harness.core.errors import HarnessError
+from harness.runtime.protocol import Runtime
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import onnx
 from scipy.ndimage import zoom
 
 from harness.attribution.samplers import image_rng
-from harness.errors import HarnessError
-from harness.runtime import Runtime
+from harness.core.errors import HarnessError
+from harness.runtime.protocol import Runtime
 
 
 def guess_cam_layer(model: onnx.ModelProto) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 EPSILON = 1e-9  # PAIR's tolerance for "the L1 target is reached" (math.isclose, rel and abs)
 

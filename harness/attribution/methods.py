@@ -11,7 +11,7 @@ import numpy as np
 
 from harness.attribution.aggregators import AGGREGATORS, Aggregator, get_aggregator
 from harness.attribution.samplers import SAMPLERS, Sampler, SamplingError
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 
 @dataclass(frozen=True)

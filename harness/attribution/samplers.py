@@ -17,8 +17,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from harness.attribution.guided import guided_ig
-from harness.errors import SamplingError
-from harness.registry import Registry
+from harness.core.errors import SamplingError
+from harness.core.registry import Registry
 
 
 def image_rng(seed: int, image: np.ndarray) -> np.random.Generator:

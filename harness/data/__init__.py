@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 from harness import DEFAULT_SEED
+from harness.core.registry import Registry
 from harness.data.base import DataError, ImageSet, Preprocessing, match_channels, normalise
 from harness.data.digits import digits_split
 from harness.data.folders import load_image_folder
 from harness.data.photos import PHOTO_NAMES, photo_images
 from harness.data.shapes import generate_shapes
-from harness.registry import Registry
 
 __all__ = ["DATASETS", "SHARED_PREFIX", "DataError", "ImageSet", "Preprocessing", "load_dataset", "match_channels",
            "normalise"]
@@ -68,7 +68,7 @@ DATASETS = Registry("dataset", DataError, entries={
 
 
 def load_dataset(source: str | Path, card, n: int | None = None, seed: int = DEFAULT_SEED) -> ImageSet:
-    """Images for the model described by ``card`` (a :class:`harness.model_card.ModelCard`).
+    """Images for the model described by ``card`` (a :class:`harness.model.card.ModelCard`).
 
     Generated datasets take ``n`` images (default 64) from ``seed``; folders and CSV lists give a
     sample of ``n`` images drawn with ``seed`` and balanced across classes, resized, cropped and converted as

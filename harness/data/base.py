@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 
 @dataclass(frozen=True)

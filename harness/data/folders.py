@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from harness import DEFAULT_SEED
+from harness.core.errors import DataWarning, SkippedFileWarning, SkippedImage
+from harness.core.files import open_regular, read_text
 from harness.data.base import DataError, ImageSet, match_channels
-from harness.errors import DataWarning, SkippedFileWarning, SkippedImage
-from harness.files import open_regular, read_text
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 MAX_PIXELS = 10_000 * 10_000     # images with more pixels are skipped (decompression-bomb guard)

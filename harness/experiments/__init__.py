@@ -13,10 +13,10 @@ import textwrap
 from pathlib import Path
 from typing import Callable
 
-from harness.escaping import csv_cell
-from harness.figures import save_figure
-from harness.onnx_io import write_atomically
-from harness.registry import Registry
+from harness.core.escaping import csv_cell
+from harness.core.onnx_io import write_atomically
+from harness.core.registry import Registry
+from harness.report.figures import save_figure
 
 EXPERIMENTS = Registry("experiment", sorted_names=True)
 ON_ENGINES: set[str] = set()        # experiments whose units of work run on any engine (their run takes ``engine``)
@@ -25,7 +25,7 @@ TITLE_CHARACTERS_PER_INCH = 12      # of a 10-point figure title
 
 def register(name: str, engines: bool = False):
     """Decorator: add an experiment's ``run(config, quiet)`` to ``EXPERIMENTS`` under ``name``; with
-    ``engines``, its run also takes ``engine=`` (:mod:`harness.engines`) and its units may run on a cluster."""
+    ``engines``, its run also takes ``engine=`` (:mod:`harness.runs.engines`) and its units may run on a cluster."""
     if engines:
         ON_ENGINES.add(name)
     return EXPERIMENTS.register(name)

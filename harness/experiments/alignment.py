@@ -17,10 +17,10 @@ from sklearn.decomposition import KernelPCA
 from tqdm.auto import tqdm
 
 from harness.attribution.samplers import Linear, Normal, Suppression, image_rng
-from harness.escaping import file_stem, terminal_text
+from harness.core.escaping import file_stem, terminal_text
 from harness.experiments import register, save_with_caption, write_csv
-from harness.figures import pyplot
-from harness.subject import ModelUnderTest, model_names
+from harness.report.figures import pyplot
+from harness.runs.subject import ModelUnderTest, model_names
 
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 PER_GROUP = 1000

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from harness.attribution import explain, get_method
-from harness.bundled import BUNDLED_MODELS_DIR
-from harness.errors import HarnessError
+from harness.core.bundled import BUNDLED_MODELS_DIR
+from harness.core.errors import HarnessError
 from harness.experiments import register, save_with_caption, write_csv
-from harness.figures import pyplot
 from harness.metrics import get_metric
-from harness.subject import ModelUnderTest
-from harness.visual import heatmap_rgb, image_rgb
+from harness.report.figures import pyplot
+from harness.report.visual import heatmap_rgb, image_rgb
+from harness.runs.subject import ModelUnderTest
 
 PAIR = ("shapes_resnet", "shapes_resnet_augmented")
 

@@ -16,12 +16,12 @@ import numpy as np
 from scipy.special import softmax
 
 from harness.attribution.samplers import Suppression, image_rng
-from harness.escaping import file_stem
+from harness.core.escaping import file_stem
 from harness.experiments import register, save_with_caption, write_csv
-from harness.figures import pyplot
 from harness.metrics.intervals import bootstrap
-from harness.subject import ModelUnderTest, model_names
-from harness.visual import image_rgb
+from harness.report.figures import pyplot
+from harness.report.visual import image_rgb
+from harness.runs.subject import ModelUnderTest, model_names
 
 KEEP_RATIOS = (1.0, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 

@@ -24,18 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.attribution import get_method
+from harness.attribution import Method, get_method
 from harness.attribution.batched import aggregate_samples
-from harness.attribution.methods import Method
-from harness.engines import Engine, LocalEngine, Outcome
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.experiments import register, save_with_caption, write_csv
-from harness.figures import pyplot
 from harness.metrics import get_metric
 from harness.metrics.intervals import bootstrap
-from harness.resumable import RunWriter, missing_work, plan_methods, run_resumable, selected_rows, selection
-from harness.store import ResultsStore
-from harness.subject import ModelUnderTest, model_names
+from harness.report.figures import pyplot
+from harness.runs.engines import Engine, LocalEngine, Outcome
+from harness.runs.resumable import RunWriter, missing_work, plan_methods, run_resumable, selected_rows, selection
+from harness.runs.store import ResultsStore
+from harness.runs.subject import ModelUnderTest, model_names
 
 P_VALUES = tuple(round(0.1 * i, 1) for i in range(11))
 PAPER_OPTIMUM = (0.6, 0.8)
@@ -64,7 +63,7 @@ def _units(config) -> dict:
 def run(config, quiet: bool = False, engine: Engine | None = None) -> list[Path]:
     """Figure 4b: suppression's MI and the RMS gradient norm of its samples for p from 0 to 1, per model and
     image into the sweep's results store (only what is missing, computed by ``engine``: default this process;
-    :mod:`harness.resumable`), then the CSV, the figure and its caption."""
+    :mod:`harness.runs.resumable`), then the CSV, the figure and its caption."""
     out = Path(config.out) / "experiments"
     names = model_names(config.models)
     plans = plan_methods(config, names, _units)      # {model: {"p=0.7": Planned}}
@@ -97,7 +96,7 @@ def measure(model: ModelUnderTest, method: Method, chunk: np.ndarray, seed: int)
 
 
 def sweep_unit(model: ModelUnderTest, method: Method, chunk: np.ndarray, metrics: dict) -> tuple[dict, dict, float]:
-    """The sweep's task for an engine (:class:`harness.engines.Work`): :func:`measure` of one (p, chunk) unit,
+    """The sweep's task for an engine (:class:`harness.runs.engines.Work`): :func:`measure` of one (p, chunk) unit,
     with the model's own seed; no gallery maps."""
     started = time.perf_counter()
     values = measure(model, method, chunk, model.seed)
@@ -122,8 +121,8 @@ def summarise(rows: list[dict], models: list[str], p_of: dict[str, dict[str, flo
               samples: dict[str, int]) -> list[dict]:
     """Figure 4b's table from the store's rows (``p_of[model][parameters]`` is the p of a model's method, and
     ``samples[model]`` its samples per image): per model and p, the mean MI and the mean RMS gradient norm with
-    their 95% bootstrap intervals (:func:`harness.metrics.intervals.bootstrap`), the number of images with a finite MI, and
-    ``argmax``: True on the p of the model's highest mean MI."""
+    their 95% bootstrap intervals (:func:`harness.metrics.intervals.bootstrap`), the number of images with a
+    finite MI, and ``argmax``: True on the p of the model's highest mean MI."""
     values: dict = defaultdict(lambda: defaultdict(list))     # (model, p) -> metric -> per-image values
     for row in rows:
         values[row["model"], p_of[row["model"]][row["parameters"]]][row["metric"]].append(

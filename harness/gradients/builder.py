@@ -15,7 +15,8 @@ from typing import Iterable
 import onnx
 from onnx import helper
 
-from harness.errors import ModelSignatureError, NoGradientPathError, UnsupportedOpsError
+from harness.core.errors import ModelSignatureError, NoGradientPathError, UnsupportedOpsError
+from harness.core.onnx_io import node_inputs
 from harness.gradients.context import (
     GraphEmitter,
     TensorInfo,
@@ -26,7 +27,6 @@ from harness.gradients.folding import NEVER_FOLDED, rename_node_tensors
 from harness.gradients.graph import STANDARD_DOMAINS, default_opset
 from harness.gradients.prepare import inferred_infos, prepare
 from harness.gradients.registry import NON_DIFFERENTIABLE, VJP_RULES, load_rules, rule_key
-from harness.onnx_io import node_inputs
 
 GRAD_SEED = "grad_seed"
 INPUT_GRAD = "input_grad"

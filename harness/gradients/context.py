@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from harness.core.errors import UnsupportedConfiguration
 from harness.gradients.graph import FLOAT_TYPES, attribute
-from harness.errors import UnsupportedConfiguration
 
 
 

@@ -21,12 +21,12 @@ from collections import Counter
 import onnx
 from onnx import shape_inference
 
-from harness.errors import UnsupportedConfiguration, first_line
+from harness.core.errors import UnsupportedConfiguration, first_line
+from harness.core.onnx_io import subgraphs
 from harness.gradients.context import TensorInfo, tensor_info_from_value_info
 from harness.gradients.expansions import EXPANSIONS, Expansion, GraphFacts, Names, names_read
 from harness.gradients.graph import FLOAT_TYPES, default_opset
 from harness.gradients.registry import rule_key
-from harness.onnx_io import subgraphs
 
 log = logging.getLogger("harness")
 

@@ -22,9 +22,9 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from harness.core.onnx_io import node_inputs, subgraphs
 from harness.gradients.context import TensorInfo
 from harness.gradients.graph import STANDARD_DOMAINS, attribute, constant_node_value, default_opset
-from harness.onnx_io import node_inputs, subgraphs
 
 NEVER_FOLDED = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
                           "Multinomial", "Constant"})

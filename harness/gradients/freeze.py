@@ -21,13 +21,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from harness.core.onnx_io import node_inputs, runnable
+from harness.core.registry import Registry
 from harness.gradients.context import GraphEmitter, TensorInfo
 from harness.gradients.graph import STANDARD_DOMAINS, attribute, default_opset
 from harness.gradients.prepare import PreparedModel
 from harness.gradients.quantized import estimator_terms
 from harness.gradients.registry import NON_DIFFERENTIABLE, rule_key
-from harness.onnx_io import node_inputs, runnable
-from harness.registry import Registry
 
 REFERENCE_SUFFIX = "__at_x0"
 CHANGES = "kink_changes"

@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.errors import ModelSignatureError
+from harness.core.errors import ModelSignatureError
 
 HALF_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
 SHADOW_SUFFIX = "__f32"     # a tensor of the float32 shadow: the artifact's tensor name and this suffix

@@ -31,7 +31,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, inliner, numpy_helper, shape_inference, version_converter
 
-from harness.errors import ModelSignatureError, first_line
+from harness.core.errors import ModelSignatureError, first_line
+from harness.core.onnx_io import LOADING_KEY, runnable, sort_topologically
 from harness.gradients.context import TensorInfo, tensor_info_from_value_info
 from harness.gradients.contrib import expand_contrib_ops
 from harness.gradients.folding import fold_constants
@@ -40,7 +41,6 @@ from harness.gradients.graph import (STANDARD_DOMAINS, constant_node_value, defa
 from harness.gradients.half import add_float32_shadow, float32_edges, is_half_precision, shadow_gap
 from harness.gradients.qoperator import row_coupling_ops, to_qdq_form
 from harness.gradients.quantized import HARNESS_DOMAIN, fake_quantize_pairs
-from harness.onnx_io import LOADING_KEY, runnable, sort_topologically
 
 log = logging.getLogger("harness")
 
@@ -127,7 +127,7 @@ def prepare(model: onnx.ModelProto, input: str | None = None, image_shape: tuple
 
 
 def _loading_notes(model: onnx.ModelProto) -> list[str]:
-    """What loading the file changed (recorded by :func:`harness.onnx_io.load_model`), taken off the copy."""
+    """What loading the file changed (recorded by :func:`harness.core.onnx_io.load_model`), taken off the copy."""
     notes = [line for prop in model.metadata_props if prop.key == LOADING_KEY for line in prop.value.splitlines()]
     kept = [prop for prop in model.metadata_props if prop.key != LOADING_KEY]
     del model.metadata_props[:]

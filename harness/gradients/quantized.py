@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from harness.errors import UnsupportedConfiguration
+from harness.core.errors import UnsupportedConfiguration
 from harness.gradients.graph import attribute
 
 HARNESS_DOMAIN = "ai.harness"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 VJP_RULES = Registry("gradient rule")
 

@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from harness.errors import HarnessError
-from harness.registry import Registry
+from harness.core.errors import HarnessError
+from harness.core.registry import Registry
 
 
 @dataclass(frozen=True)

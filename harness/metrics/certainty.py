@@ -27,9 +27,9 @@ from scipy.special import digamma
 from scipy.stats import rankdata
 from sklearn.feature_selection import mutual_info_regression
 
-from harness.errors import HarnessError
+from harness.core.cpus import cpu_budget
+from harness.core.errors import HarnessError
 from harness.metrics import Metric, register
-from harness.sessions import cpu_budget
 
 MI_METRIC = "mi"
 REFERENCE_METHOD = "ig"                              # Figure 5 normalises every method's MI to IG's
@@ -132,7 +132,7 @@ def mutual_information(image: np.ndarray, explanation: np.ndarray, estimator: st
 def mutual_information_batch(images: np.ndarray, attributions: np.ndarray, estimator: str = "ksg-rank",
                              absolute: bool = True) -> np.ndarray:
     """One MI per image, [N], the images spread over one thread per core this process may use
-    (:func:`harness.sessions.cpu_budget`): each estimate is of its image alone
+    (:func:`harness.core.cpus.cpu_budget`): each estimate is of its image alone
     (the sorts, searches and k-d tree release the GIL), so the values are those of one thread, bit for bit, in
     about half the time on 2 cores (8 images of 3 x 224 x 224: 1.8 to 2.3 s in one thread, 1.05 to 1.13 s in
     two)."""

@@ -28,8 +28,8 @@ import numpy as np
 from scipy.ndimage import correlate, gaussian_filter
 from scipy.special import softmax
 
-from harness.attribution.samplers import Context
-from harness.errors import HarnessError
+from harness.attribution import Context
+from harness.core.errors import HarnessError
 from harness.metrics import Metric, register
 from harness.metrics.localisation import channel_maps
 

@@ -2,7 +2,7 @@
 
 Channel rule (also used by :mod:`harness.metrics.complexity` and :mod:`harness.metrics.faithfulness`): an
 attribution [N, C, H, W] becomes a saliency map [N, H, W] by **summing over channels**, as the heatmaps do
-(:func:`harness.visual.reduce_channels`); [N, 1, H, W] and [N, H, W] pass through. Signs are kept: the
+(:func:`harness.report.visual.reduce_channels`); [N, 1, H, W] and [N, H, W] pass through. Signs are kept: the
 pointing games look at the largest signed value and at the positive part of the summed map.
 
 - ``pointing_game`` (Zhang et al., "Top-down neural attention by excitation backprop", IJCV 2018): 1 when the
@@ -31,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
+from harness.core.errors import HarnessError
 from harness.data.shapes import quadrant_blocks, quadrant_labels
-from harness.errors import HarnessError
 from harness.metrics import Metric, register
 
 TIES = ("any", "share")

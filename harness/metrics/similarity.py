@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 from skimage.feature import hog
 from skimage.metrics import structural_similarity
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.metrics.localisation import channel_maps
 
 

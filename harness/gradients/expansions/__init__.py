@@ -1,4 +1,6 @@
-"""ONNX Runtime's own ops written as the standard ops they compute, one function per op, in family modules:
+"""ONNX Runtime's contrib ops written as the standard ops they compute.
+
+One function per op, in family modules:
 :mod:`.activations` (fused activations, the GELU family), :mod:`.linear` (fused convolutions and matrix
 products), :mod:`.normalization` (the layer normalisations), :mod:`.attention`, and :mod:`.nchwc` (the blocked
 layout's kernels, whose layout is :mod:`.blocked`). :mod:`.base` holds the table and what an expansion sees;

@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from harness.errors import UnsupportedConfiguration
+from harness.core.errors import UnsupportedConfiguration
+from harness.core.onnx_io import node_inputs, subgraphs
+from harness.core.registry import Registry
 from harness.gradients.context import TensorInfo
 from harness.gradients.graph import attribute
-from harness.onnx_io import node_inputs, subgraphs
-from harness.registry import Registry
 
 EXPANSIONS = Registry("expansion of an ONNX Runtime op")
 UNKNOWN = TensorInfo(onnx.TensorProto.UNDEFINED, None)

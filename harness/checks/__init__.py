@@ -1,0 +1,1 @@
+"""Whole-model checks: the gradient check, the randomisation sanity check, the deployed model's audit."""

@@ -1,0 +1,1 @@
+"""The bottom layer: errors, registries, guarded file reads, escaping, ONNX loading, the bundled models."""

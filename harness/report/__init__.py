@@ -1,0 +1,1 @@
+"""Views of the results store: tables, their renderers (Markdown, HTML, CSV, JSON), figures, the writer."""

@@ -1,0 +1,1 @@
+"""Evaluation runs: config, models under test, the results store, the resumable run, engines, explanations."""
