@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet "torch==2.13.0" -e ".[test,torch,imagenet,ray,bench]"
+	$(VENV)/bin/python -m pip install --quiet "torch==2.13.0" -e ".[test,torch,imagenet,ray,bench,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
