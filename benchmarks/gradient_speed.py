@@ -39,6 +39,7 @@ from exporting import export_onnx  # noqa: E402
 
 from harness.core.onnx_io import load_model  # noqa: E402
 from harness.gradients import add_input_gradient  # noqa: E402
+from harness.gradients.rules import conv as conv_rules  # noqa: E402
 from harness.model.card import read_card  # noqa: E402
 from harness.model.feeding import build_gradient_model  # noqa: E402
 from harness.runtime.sessions import inference_session  # noqa: E402
@@ -93,6 +94,16 @@ def zoo_calls(args) -> tuple[str, dict, int, ort.InferenceSession]:
     if args.compare_layouts:
         extended = session(grad_model, args.threads, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
         calls["ort grad (ext)"] = lambda: extended.run(["input_grad"], {input_name: x, "grad_seed": seed})
+    if args.compare_unfused:
+        unfused = session(add_input_gradient(model, fuse=False), args.threads)
+        calls["ort grad (unfused)"] = lambda: unfused.run(["input_grad"], {input_name: x, "grad_seed": seed})
+    if args.compare_pad_zeros:
+        limit, conv_rules.MAX_MASK_ELEMENTS = conv_rules.MAX_MASK_ELEMENTS, 0    # every zero insertion a Pad
+        try:
+            padded = session(add_input_gradient(model), args.threads)
+        finally:
+            conv_rules.MAX_MASK_ELEMENTS = limit
+        calls["ort grad (pad zeros)"] = lambda: padded.run(["input_grad"], {input_name: x, "grad_seed": seed})
     title = f"{args.arch} {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, {args.exporter} export"
     return title, calls, args.batch, gradient
 
@@ -119,8 +130,9 @@ def file_calls(args) -> tuple[str, dict, int, ort.InferenceSession]:
 
 
 def measure(calls: dict, batch: int, rounds: int, target: Target | None, pause: float, index: int) -> Run:
-    """One run: ORT forward against ORT gradient, then (where present) the gradient against PyTorch and against
-    the gradient without the blocked layout, each in its own interleaved rounds."""
+    """One run: ORT forward against ORT gradient, then (where present) the gradient against PyTorch, without the
+    blocked layout, without fused adjoints and with the zeros of strided adjoints padded, each in its own
+    interleaved rounds."""
     warmup = WARMUP if index == 0 else 0
     ort_times = interleaved_rounds({name: calls[name] for name in ("ort forward", "ort gradient")}, rounds,
                                    warmup=warmup)
@@ -137,6 +149,13 @@ def measure(calls: dict, batch: int, rounds: int, target: Target | None, pause: 
                                       warmup=warmup)
         times["ort grad (ext)"] = per_unit(extended, batch)["ort grad (ext)"]
         ratios.append(ratio("gradient without NCHWc / with", extended, "ort grad (ext)", "ort gradient"))
+    for variant, label in (("ort grad (unfused)", "gradient unfused / fused"),
+                           ("ort grad (pad zeros)", "gradient with padded zeros / resized")):
+        if variant in calls:
+            paired = interleaved_rounds({name: calls[name] for name in ("ort gradient", variant)}, rounds,
+                                        warmup=warmup)
+            times[variant] = per_unit(paired, batch)[variant]
+            ratios.append(ratio(label, paired, variant, "ort gradient"))
     return Run(times, tuple(ratios))
 
 
@@ -154,6 +173,10 @@ def main() -> None:
                         help="the gradient call's target in forward calls (default: the architecture's)")
     parser.add_argument("--pause", type=float, default=0.3,
                         help="seconds slept before each call of the comparison with PyTorch")
+    parser.add_argument("--compare-pad-zeros", action="store_true",
+                        help="also time the gradient whose strided depthwise adjoints insert zeros with a Pad")
+    parser.add_argument("--compare-unfused", action="store_true",
+                        help="also time the gradient with every op's own rule (no fused adjoints, fusions.py)")
     parser.add_argument("--compare-layouts", action="store_true",
                         help="also time the gradient without ORT's blocked-layout (NCHWc) optimisation")
     parser.add_argument("--profile", default=None, help="write an ORT profile of the gradient call with this prefix")

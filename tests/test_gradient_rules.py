@@ -97,6 +97,10 @@ CASES = [
     OpCase("Conv-stride2-kernel-1x3", "Conv", [(1, 3, 6, 7), rng.normal(size=(2, 3, 1, 3))], attrs={"strides": [2, 2], "pads": [0, 1, 0, 1]}),
     OpCase("Conv-stride2-pad-beyond-kernel", "Conv", [(1, 3, 5, 5), rng.normal(size=(2, 3, 2, 2))], attrs={"strides": [2, 2], "pads": [3, 2, 4, 1]}),
     OpCase("Conv-stride2-depthwise-5x5", "Conv", [(2, 4, 9, 8), rng.normal(size=(4, 1, 5, 5))], attrs={"group": 4, "strides": [2, 2], "pads": [2, 2, 2, 2]}),
+    # the zero-inserted gradient of a strided depthwise Conv: a nearest Resize times the anchors' mask (opset 13
+    # on), the zero Pad of reshaped axes before it; unequal strides, odd sizes
+    OpCase("Conv-strides-2x3-depthwise", "Conv", [(2, 4, 9, 10), rng.normal(size=(4, 1, 3, 3))], attrs={"group": 4, "strides": [2, 3], "pads": [1, 1, 1, 1]}),
+    OpCase("Conv-strides-2x3-depthwise-opset11", "Conv", [(2, 4, 9, 10), rng.normal(size=(4, 1, 3, 3))], attrs={"group": 4, "strides": [2, 3], "pads": [1, 1, 1, 1]}, opset=11),
     OpCase("Conv-stride2-groups", "Conv", [(1, 4, 7, 7), rng.normal(size=(6, 2, 3, 3))], attrs={"group": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]}, engine="ort32", fd_step=0.1, fd_tolerance=1e-4),
     OpCase("Conv-stride2x1", "Conv", [(1, 3, 7, 6), W3], attrs={"strides": [2, 1], "pads": [1, 1, 1, 1]}),
     OpCase("Conv-stride2-dilated", "Conv", [(1, 3, 9, 9), W3], attrs={"strides": [2, 2], "dilations": [2, 2]}),

@@ -24,6 +24,7 @@ from harness.gradients.context import (
     VJPContext,
 )
 from harness.gradients.folding import NEVER_FOLDED, rename_node_tensors
+from harness.gradients.fusions import silu, silu_products
 from harness.gradients.graph import STANDARD_DOMAINS, default_opset
 from harness.gradients.prepare import inferred_infos, prepare
 from harness.gradients.registry import NON_DIFFERENTIABLE, VJP_RULES, load_rules, rule_key
@@ -40,7 +41,8 @@ CONTROL_FLOW = {"If": "an If whose condition is computed at run time (only a con
 
 
 def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: Iterable[str] = (),
-                       input: str | None = None, image_shape: tuple | None = None) -> onnx.ModelProto:
+                       input: str | None = None, image_shape: tuple | None = None,
+                       fuse: bool = True) -> onnx.ModelProto:
     """Return a copy of ``model`` that also computes the gradient of ``sum(grad_seed * output)``.
 
     The copy keeps every original input and output and adds the input ``grad_seed`` (shaped like the output,
@@ -48,6 +50,8 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
     ``taps`` is exposed as an output ``<name>`` with its gradient ``<name>_grad``. The batch dimension stays
     dynamic. ``input`` names the image input where there are several float inputs; ``image_shape`` gives its
     non-batch dims where the graph leaves them open (see :mod:`harness.gradients.prepare`, which runs first).
+    ``fuse=False`` gives every op its own rule, where patterns would take one expression
+    (:mod:`harness.gradients.fusions`): the same gradient, to compare the two.
 
     Refuses before building anything: ``UnsupportedOpsError`` names every op on the gradient path without a
     rule; ``NoGradientPathError`` says where every path from the image to the output is cut.
@@ -80,7 +84,8 @@ def add_input_gradient(model: onnx.ModelProto, output: str | None = None, taps: 
 
     taken = _all_names(graph)
     emitter = GraphEmitter(taken, opset, infos, prepared.constants, _computed_from_shapes(graph, prepared.constants))
-    backward = _Backward(emitter, active, relevant)
+    fused = silu_products(graph, {differentiated, *tapped}) if fuse else {}
+    backward = _Backward(emitter, active, relevant, fused)
     backward.seed(differentiated, GRAD_SEED)
     try:
         backward.run(reversed(to_differentiate))
@@ -175,10 +180,12 @@ def preparation_notes(model: onnx.ModelProto) -> list[str]:
 class _Backward:
     """Accumulates gradient contributions per tensor and runs the VJP rules."""
 
-    def __init__(self, emitter: GraphEmitter, active: set[str], relevant: set[str]):
+    def __init__(self, emitter: GraphEmitter, active: set[str], relevant: set[str],
+                 silu_products: dict[int, int] | None = None):
         self.emit = emitter
         self.active = active
         self.relevant = relevant
+        self.silu_products = silu_products or {}   # id(Mul) -> index of x: SiLU adjoints in one expression
         self.contributions: dict[str, list[str]] = defaultdict(list)
         self.finalised: dict[str, str | None] = {}
         self.shaped_like: dict[str, str] = {}  # gradient tensor -> the forward tensor whose shape it has
@@ -216,7 +223,10 @@ class _Backward:
             active_inputs = [bool(i) and i in self.active for i in node.input]
             ctx = VJPContext(node, self.emit, output_grads, active_inputs, self._add_forward_output)
             try:
-                VJP_RULES[rule_key(node)](ctx)
+                if id(node) in self.silu_products and active_inputs[self.silu_products[id(node)]]:
+                    silu(ctx, self.silu_products[id(node)])
+                else:
+                    VJP_RULES[rule_key(node)](ctx)
             except UnsupportedConfiguration as error:
                 failures[rule_key(node)].append(node.name or node.output[0])
                 reasons[rule_key(node)] = str(error)

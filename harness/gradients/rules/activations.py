@@ -63,7 +63,7 @@ def _step(ctx: VJPContext, y: str, bound: float | str, above: bool) -> str:
     return ctx.op("Cast", ctx.op("Greater" if above else "Less", y, bound), to=ctx.emit.elem_type(y))
 
 
-def _one_minus(ctx: VJPContext, y: str) -> str:
+def one_minus(ctx: VJPContext, y: str) -> str:
     """1 - y, in the blocked layout on feature maps."""
     blocked = _feature_map_affine(ctx, y, -1.0, bias=1.0)
     return blocked if blocked is not None else ctx.op("Sub", ctx.scalar(1.0, y), y)
@@ -134,7 +134,7 @@ def _clip_bounds(ctx: VJPContext) -> tuple:
 @vjp("Sigmoid")
 def sigmoid(ctx: VJPContext) -> None:
     y = ctx.output(0)
-    _scaled(ctx, ctx.op("Mul", y, _one_minus(ctx, y)))
+    _scaled(ctx, ctx.op("Mul", y, one_minus(ctx, y)))
 
 
 @vjp("HardSigmoid")
@@ -163,7 +163,7 @@ def tanh(ctx: VJPContext) -> None:
     if one_plus is None:
         _scaled(ctx, ctx.op("Sub", ctx.scalar(1.0, y), ctx.op("Mul", y, y)))
         return
-    _scaled(ctx, ctx.op("Mul", _one_minus(ctx, y), one_plus))
+    _scaled(ctx, ctx.op("Mul", one_minus(ctx, y), one_plus))
 
 
 @vjp("Softplus")
