@@ -2,7 +2,7 @@
 as users export them, with the folder an export leaves (``model.onnx``, ``config.json``,
 ``preprocessor_config.json``) and the golden input gradients that torch autograd computes in float64.
 
-    pip install transformers
+    pip install -e ".[zoo-hf]"        # transformers, torch, onnxscript: never needed by the package or tests
     python export_scripts/hf_zoo.py -o tests/fixtures/hf
 
 ``FIXTURES`` names each fixture's family, exporter and opset: ``"legacy"`` is ``torch.onnx.export``'s TorchScript
