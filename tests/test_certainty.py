@@ -16,7 +16,7 @@ from harness.cli import main
 from harness.core.errors import HarnessError
 from harness.metrics import get_metric
 from harness.metrics.certainty import (ESTIMATORS, mutual_information, mutual_information_batch,
-                                      normalised_to_reference, pair_pixels)
+                                       normalised_to_reference, pair_pixels)
 
 N = 150_528   # one 3 x 224 x 224 image
 

@@ -181,11 +181,11 @@ class _Backward:
     """Accumulates gradient contributions per tensor and runs the VJP rules."""
 
     def __init__(self, emitter: GraphEmitter, active: set[str], relevant: set[str],
-                 silu_products: dict[int, int] | None = None):
+                 silu_products: dict[str, int] | None = None):
         self.emit = emitter
         self.active = active
         self.relevant = relevant
-        self.silu_products = silu_products or {}   # id(Mul) -> index of x: SiLU adjoints in one expression
+        self.silu_products = silu_products or {}   # Mul output -> index of x: SiLU adjoints in one expression
         self.contributions: dict[str, list[str]] = defaultdict(list)
         self.finalised: dict[str, str | None] = {}
         self.shaped_like: dict[str, str] = {}  # gradient tensor -> the forward tensor whose shape it has
@@ -223,8 +223,9 @@ class _Backward:
             active_inputs = [bool(i) and i in self.active for i in node.input]
             ctx = VJPContext(node, self.emit, output_grads, active_inputs, self._add_forward_output)
             try:
-                if id(node) in self.silu_products and active_inputs[self.silu_products[id(node)]]:
-                    silu(ctx, self.silu_products[id(node)])
+                x_index = self.silu_products.get(node.output[0]) if node.op_type == "Mul" else None
+                if x_index is not None and active_inputs[x_index]:
+                    silu(ctx, x_index)
                 else:
                     VJP_RULES[rule_key(node)](ctx)
             except UnsupportedConfiguration as error:

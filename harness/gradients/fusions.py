@@ -19,8 +19,9 @@ from harness.gradients.rules.activations import one_minus
 STANDARD = ("", "ai.onnx")
 
 
-def silu_products(graph: onnx.GraphProto, kept: set[str]) -> dict[int, int]:
-    """The Mul nodes of SiLU patterns, keyed by ``id(node)``, with the index of x among their inputs:
+def silu_products(graph: onnx.GraphProto, kept: set[str]) -> dict[str, int]:
+    """The Mul nodes of SiLU patterns, keyed by their output (a tensor name is unique in the graph, where a
+    Python id of a protobuf wrapper is not a stable key), with the index of x among their inputs:
     ``Mul(x, s)`` or ``Mul(s, x)`` with ``s = Sigmoid(x)``, where s feeds no other node and is not in ``kept``
     (the graph's outputs and the tensors whose gradients are returned)."""
     consumers = Counter(name for node in graph.node for name in node.input if name)
@@ -34,7 +35,7 @@ def silu_products(graph: onnx.GraphProto, kept: set[str]) -> dict[int, int]:
         for x_index in (0, 1):
             s = node.input[1 - x_index]
             if sigmoid_of.get(s) == node.input[x_index] and consumers[s] == 1 and s not in outputs:
-                fused[id(node)] = x_index
+                fused[node.output[0]] = x_index
                 break
     return fused
 

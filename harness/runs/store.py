@@ -112,7 +112,8 @@ def _schema(connection: sqlite3.Connection) -> dict:
     objects = {}
     for kind, name, table in connection.execute("SELECT type, name, tbl_name FROM sqlite_master"):
         if kind == "table":
-            columns = tuple((c[1], c[2], c[3], c[5]) for c in connection.execute("SELECT * FROM pragma_table_info(?)", (name,)))
+            columns = tuple((c[1], c[2], c[3], c[5])
+                            for c in connection.execute("SELECT * FROM pragma_table_info(?)", (name,)))
         elif kind == "index":
             columns = tuple(c[2] for c in connection.execute("SELECT * FROM pragma_index_info(?)", (name,)))
         else:
@@ -134,11 +135,7 @@ def _schema_problem(path: Path) -> str | None:
     """What differs between the store's schema and :data:`SCHEMA` (its tables and their columns, with no
     trigger, view or index besides), read without writing; None where it is exact."""
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            found = _schema(connection)
-        finally:
-            connection.close()
+        found = _stored_schema(path)
     except sqlite3.DatabaseError as error:
         return f"its schema cannot be read: {error}"
     expected = _expected_schema()
@@ -151,14 +148,20 @@ def _schema_problem(path: Path) -> str | None:
     return "; ".join(p for p in parts if p) or None
 
 
+def _stored_schema(path: Path) -> dict:
+    """:func:`_schema` of the SQLite file at ``path``, opened read-only (sqlite3.DatabaseError where it cannot be
+    read)."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _schema(connection)
+    finally:
+        connection.close()
+
+
 def _tables(path: Path) -> set[str]:
     """The table names of an SQLite file, read without writing (empty when it cannot be read)."""
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            connection.close()
+        return {name for kind, name, _ in _stored_schema(path) if kind == "table"}
     except sqlite3.DatabaseError:
         return set()
 

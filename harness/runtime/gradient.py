@@ -35,7 +35,7 @@ from harness.runtime.cache import cached_gradient_model
 from harness.runtime.frozen import FrozenModel
 from harness.runtime.protocol import ModelSignature
 from harness.runtime.sessions import (choose_providers, inference_sessions, run_bound, session_device, stream_plan,
-                               use_io_binding)
+                                      use_io_binding)
 
 log = logging.getLogger("harness")
 
