@@ -220,3 +220,30 @@ def test_run_all_quick_prints_the_tables_with_verdicts_that_agree():
             assert agrees(sense, float(bound.rstrip("x")), float(q1), float(q3), verdict), row
             checked += 1
     assert checked >= 3 * 8, out     # 4 gradient rows, 3 PyTorch rows, 3 Captum rows, 1 PAIR row; 3 runs each
+
+
+def test_strided_adjoints_reports_each_variant_against_the_harness():
+    out = run_script("strided_adjoints.py", "--scale", "8", "--batch", "1", "--threads", "1", "--rounds", "3")
+    lines = check_runs(out, 3, set())
+    names = {line["name"] for line in lines}
+    assert "stem 7x7/2 3<-64 sub-pixel / harness" in names and "1x1/2 256->512 pointwise / harness" in names, out
+    assert len(lines) == 3 * 10, out     # 7 sub-pixel and 3 pointwise ratios per run
+
+
+def test_strided_adjoints_refuses_a_variant_that_disagrees(monkeypatch):
+    """The variants are checked against the gradient pass's adjoint before anything is timed: a sub-pixel form
+    with one phase's taps lost is refused."""
+    import strided_adjoints
+
+    exact = strided_adjoints.sub_pixel_adjoint
+
+    def one_tap_lost(weights, *args):
+        weights = weights.copy()
+        weights[:, :, 0, 0] = 0.0
+        return exact(weights, *args)
+
+    geometry = ("3x3/2 small", 8, 8, 3, 2, 1, 12)
+    strided_adjoints.variants(geometry, 1, 1, np.random.default_rng(0))    # the exact forms agree
+    monkeypatch.setattr(strided_adjoints, "sub_pixel_adjoint", one_tap_lost)
+    with pytest.raises(SystemExit, match="sub-pixel adjoint disagrees"):
+        strided_adjoints.variants(geometry, 1, 1, np.random.default_rng(0))

@@ -92,6 +92,9 @@ CASES = [
     OpCase("Conv-valid-1d", "Conv", [(2, 3, 9), rng.normal(size=(2, 3, 3))], attrs={"auto_pad": "VALID", "strides": [2]}),
     # strided convolutions of every geometry: ConvTranspose's cropping and output padding
     OpCase("Conv-stride2-1x1", "Conv", [(2, 3, 7, 6), rng.normal(size=(4, 3, 1, 1))], attrs={"strides": [2, 2]}),
+    OpCase("Conv-stride2-1x1-even", "Conv", [(2, 3, 8, 6), rng.normal(size=(4, 3, 1, 1))], attrs={"strides": [2, 2]}),
+    OpCase("Conv-strides-3x2-1x1-opset11", "Conv", [(2, 3, 8, 7), rng.normal(size=(4, 3, 1, 1))], attrs={"strides": [3, 2]}, opset=11),
+    OpCase("Conv-stride2-1x1-padded", "Conv", [(1, 3, 6, 7), rng.normal(size=(4, 3, 1, 1))], attrs={"strides": [2, 2], "pads": [1, 0, 0, 1]}),
     OpCase("Conv-stride2-7x7-stem", "Conv", [(1, 3, 11, 12), rng.normal(size=(4, 3, 7, 7))], attrs={"strides": [2, 2], "pads": [3, 3, 3, 3]}),
     OpCase("Conv-stride3-uneven", "Conv", [(1, 3, 10, 8), rng.normal(size=(2, 3, 4, 2))], attrs={"strides": [3, 3], "pads": [2, 1, 0, 2]}),
     OpCase("Conv-stride2-kernel-1x3", "Conv", [(1, 3, 6, 7), rng.normal(size=(2, 3, 1, 3))], attrs={"strides": [2, 2], "pads": [0, 1, 0, 1]}),

@@ -137,6 +137,34 @@ def test_rejects_bad_parameters(kwargs):
         guided_ig(np.ones((1, 2)), np.zeros((1, 2)), linear_grad, **kwargs)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_refuses_a_non_finite_gradient_naming_the_step_and_image(bad):
+    """A NaN gradient would make every quantile NaN and select nothing (np.quantile) or rank it last
+    (np.partition): either way a wrong path. The walk stops with the step and the image instead."""
+    def broken_at_step_three(points, calls=[]):
+        calls.append(1)
+        grad = linear_grad(points)
+        if len(calls) == 3:
+            grad[1, 0] = bad
+        return grad
+
+    with pytest.raises(HarnessError, match=r"NaN or infinite at step 3 of 5 for image 1"):
+        guided_ig(np.ones((2, 2)), np.zeros((2, 2)), broken_at_step_three, steps=5)
+
+
+def test_smallest_gradients_is_numpys_lower_quantile():
+    """The partial sort picks the element np.quantile(method="lower") picks, ties and +inf marks included."""
+    from harness.attribution.guided import _smallest_gradients
+
+    rng = np.random.default_rng(3)
+    grad = np.round(rng.standard_normal((3, 1001)), 1)      # many ties
+    grad[0, :40] = np.inf
+    for fraction in (0.0, 0.1, 0.25, 0.5, 0.999, 1.0):
+        threshold = np.quantile(np.abs(grad), fraction, axis=1, method="lower", keepdims=True)
+        expected = (np.abs(grad) <= threshold) & (grad != np.inf)
+        np.testing.assert_array_equal(_smallest_gradients(grad, fraction), expected)
+
+
 # --------------------------------------------------------------------------------------------------- batching
 
 
